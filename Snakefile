@@ -1,0 +1,21 @@
+# Dormant-backdoor pipeline: poisoned data -> backdoored and clean models -> defended models
+#   -> metrics -> BEC -> re-activation -> tables and figures.
+# The science lives in workflow/lib (package `dormant`); rules only wire artifacts together.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_FILES,
+    default_target: True

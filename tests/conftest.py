@@ -1,0 +1,36 @@
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from dormant.data import make_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_synthetic(num_classes=4, train_per_class=60, test_per_class=20, image_size=16, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def params():
+    """A deep copy of the repo's params.yaml."""
+    return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+@pytest.fixture
+def tiny_params():
+    return copy.deepcopy(yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text()))

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+from dormant import bec
+from dormant.cka import linear_cka
+from dormant.models import build_model
+
+
+def _feat(n=60, d=20, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_cka_identical_is_one():
+    x = _feat()
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_invariant_to_orthogonal_transform_and_isotropic_scaling():
+    x = _feat()
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    y = _feat(seed=2)
+    ref = linear_cka(x, y)
+    assert linear_cka(x @ q, y) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(3.7 * x, y) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x @ q * 0.01, x) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_cka_not_invariant_to_general_linear_maps_and_low_for_independent_features():
+    x = _feat(n=200, d=5)
+    a = torch.diag(torch.tensor([10.0, 1, 1, 1, 0.1], dtype=torch.float64))
+    assert linear_cka(x @ a, x) < 0.99
+    assert linear_cka(_feat(n=200, d=5, seed=3), x) < 0.2
+
+
+def test_cka_matches_formula_with_explicit_centering_matrix():
+    x, y = _feat(n=30, d=7), _feat(n=30, d=4, seed=5)
+    n = 30
+    h = torch.eye(n, dtype=torch.float64) - torch.ones(n, n, dtype=torch.float64) / n
+    k, lk = x @ x.T, y @ y.T
+
+    def hs(a, b):
+        return ((h @ a @ h) * (h @ b @ h)).sum()
+
+    assert linear_cka(x, y) == pytest.approx((hs(k, lk) / torch.sqrt(hs(k, k) * hs(lk, lk))).item(), abs=1e-12)
+
+
+def test_bec_formula():
+    assert bec.bec_value(1.0, 0.4) == pytest.approx(1.0)
+    assert bec.bec_value(0.4, 0.4) == pytest.approx(0.0)
+    assert bec.bec_value(0.7, 0.4) == pytest.approx(0.5)
+    assert math.isnan(bec.bec_value(0.5, 1.0))
+    mm = bec.minmax_bec({"a": 0.2, "b": 0.6, "c": 0.4})
+    assert mm == {"a": 0.0, "b": 1.0, "c": pytest.approx(0.5)}
+
+
+def test_n_keep_and_ranking():
+    assert bec.n_keep(64, 0.1) == 6 and bec.n_keep(8, 0.05) == 1 and bec.n_keep(512, 0.2) == 102
+    r = bec.ranked_channels({"l": torch.tensor([0.1, 0.5, 0.3, 0.5])})
+    assert r["l"].tolist() == [1, 3, 2, 0]
+
+
+def test_bec_of_backdoored_is_one_and_of_clean_is_zero(synthetic):
+    from dormant.attacks import build_attack
+
+    torch.manual_seed(0)
+    a = build_model("preact_resnet_tiny", 4).eval()
+    c = build_model("preact_resnet_tiny", 4).eval()
+    d = build_model("preact_resnet_tiny", 4).eval()
+    atk = build_attack({"type": "badnets", "ratio": 0.1, "target": 0}, (3, 16, 16), 4)
+    res = bec.compute_bec(a, c, {"backdoor": a, "clean": c, "other": d}, synthetic["test"], atk, n_images=40)
+    assert res["layers"] == a.analysis_layers() and len(res["layers"]) == 6
+    for q in ("0.05", "0.1", "0.2"):
+        assert res["models"]["backdoor"][q]["bec"] == pytest.approx(1.0, abs=1e-9)
+        assert res["models"]["clean"][q]["bec"] == pytest.approx(0.0, abs=1e-12)
+        assert all(v == pytest.approx(1.0, abs=1e-9) for v in res["models"]["backdoor"][q]["layer_cka"].values())
+        assert res["models"]["other"][q]["bec"] != pytest.approx(1.0, abs=1e-3)
+    assert res["n_images"] == 40
+
+
+def test_tac_is_zero_when_trigger_is_identity(synthetic):
+    class NoTrigger:
+        target = 0
+
+        @staticmethod
+        def apply(x):
+            return x
+
+    m = build_model("cnn_tiny", 4).eval()
+    tac = bec.trigger_activated_change(m, m.analysis_layers(), synthetic["test"].x[:10], NoTrigger)
+    assert all(torch.all(v == 0) for v in tac.values())
+
+
+def test_preact_resnet18_has_16_analysis_convs():
+    m = build_model("preact_resnet18", 10)
+    layers = m.analysis_layers()
+    assert len(layers) == 16
+    assert all(m.get_submodule(n).kernel_size == (3, 3) for n in layers)
+    assert "conv1" not in layers and not any("shortcut" in n for n in layers)

@@ -1,0 +1,96 @@
+import pytest
+import torch
+from dormant import training
+from dormant.attacks import create_attack
+from dormant.checkpoints import load_model, save_model
+from dormant.defenses import build_defense
+from dormant.errors import CheckpointError
+from dormant.metrics import evaluate
+from dormant.models import build_model
+
+CFG = {"epochs": 4, "batch_size": 32, "lr": 0.05, "crop_padding": 2}
+
+
+def _fit(data, seed=0, cfg=CFG, **kw):
+    torch.manual_seed(seed)
+    m = build_model("cnn_tiny", data.num_classes)
+    h = training.train(m, data, cfg, seed=seed, **kw)
+    return m, h
+
+
+def test_training_learns_and_backdoor_is_implanted(synthetic):
+    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, synthetic["train"].x, synthetic["train"].y,
+                        4, seed=0)
+    m, h = _fit(synthetic["train"], cfg={**CFG, "epochs": 15, "augment": False}, attack=atk,
+                poison_mask=atk.poison_mask(len(synthetic["train"])))
+    assert len(h) == 15 and h[-1]["loss"] < h[0]["loss"]
+    r = evaluate(m, synthetic["test"], atk)
+    assert r["c_acc"] > 60  # chance is 25
+    assert r["asr"] > 60
+
+
+def test_cosine_schedule():
+    cfg = {**training.DEFAULTS, "epochs": 4, "lr": 0.1}
+    assert [round(training.lr_at(cfg, e), 6) for e in range(4)] == [0.1, 0.085355, 0.05, 0.014645]
+
+
+def test_cpu_training_is_bit_reproducible(synthetic):
+    a, _ = _fit(synthetic["train"])
+    b, _ = _fit(synthetic["train"])
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_after_interruption_gives_identical_weights(synthetic, tmp_path):
+    ref, href = _fit(synthetic["train"])
+    ckpt = tmp_path / "resume.safetensors"
+    calls = {"n": 0}
+
+    def crash_after_two(_m):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during epoch 3")
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic["train"], checkpoint=ckpt, eval_fn=crash_after_two)
+    assert ckpt.exists()
+    resumed, h = _fit(synthetic["train"], seed=0, checkpoint=ckpt)
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    for (k, va), vb in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_checkpoint_of_another_config_is_ignored(synthetic, tmp_path):
+    ckpt = tmp_path / "resume.safetensors"
+    _fit(synthetic["train"], checkpoint=ckpt)
+    torch.manual_seed(0)
+    m = build_model("cnn_tiny", 4)
+    h = training.train(m, synthetic["train"], {**CFG, "lr": 0.01}, seed=0, checkpoint=ckpt)
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+
+
+def test_model_checkpoint_roundtrip_and_errors(synthetic, tmp_path):
+    m = build_model("cnn_tiny", 4)
+    p = tmp_path / "m.safetensors"
+    save_model(m, p, arch="cnn_tiny", num_classes=4, config={"x": 1}, seed=3, metrics={"c_acc": 1.0})
+    m2 = load_model(p)
+    for va, vb in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(va, vb)
+    import json
+
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["seed"] == 3 and side["config"] == {"x": 1} and "source_sha256" in side["code_version"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path / "none.safetensors")
+
+
+def test_ft_defense_runs_keeps_architecture_and_budget(synthetic):
+    m = build_model("cnn_tiny", 4)
+    d = build_defense({"type": "ft", "epochs": 2, "lr": 0.01, "batch_size": 16})
+    out, info = d.run(m, synthetic["train"].subset(torch.arange(0, 240, 4)), seed=0)
+    assert type(out) is type(m) and len(info["history"]) == 2

@@ -1,0 +1,95 @@
+"""The attack interface (methods.md sections 2 and 4).
+
+An attack has two faces:
+
+* ``apply(x)`` -- the test-time trigger: a batch of [0, 1] float images -> triggered images.
+  Every later stage (metrics, defenses, BEC, re-activation) uses only this.
+* ``poison_batch(x, y, idx, generator)`` -- what happens to a training batch. Data-poisoning
+  attacks fix a poison index once (``select``) and stamp the trigger on those samples;
+  training-controlled attacks (WaNet, Input-Aware) override it to poison inside the loop.
+
+Its state (trigger pattern, poison index, anything learned) is a flat dict of tensors saved to
+safetensors by the ``trigger`` stage, so later stages rebuild exactly the same attack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+class Attack:
+    """Base class. Subclasses set ``clean_label`` and implement ``apply`` (and ``init_resources`` if any)."""
+
+    clean_label: bool = False
+    #: keys of the config that every attack has
+    common_keys = ("type", "ratio", "target")
+
+    def __init__(self, cfg: dict, image_shape: tuple[int, int, int], num_classes: int):
+        self.cfg = dict(cfg)
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.target = int(cfg["target"])
+        self.ratio = float(cfg["ratio"])
+        if not 0 <= self.target < num_classes:
+            raise ConfigError(f"attacks.{cfg.get('name', cfg['type'])}.target: {self.target} is not a class "
+                              f"of this dataset (0..{num_classes - 1})")
+        self.poison_index = torch.zeros(0, dtype=torch.int64)
+        self.resources: dict[str, torch.Tensor] = {}
+
+    # ---- state ------------------------------------------------------------------------
+    def init_resources(self, train_x: torch.Tensor, generator: torch.Generator) -> None:
+        """Creates trigger resources (patterns, learned networks). Default: none."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"poison_index": self.poison_index, **{f"res.{k}": v for k, v in self.resources.items()}}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.poison_index = sd["poison_index"].long()
+        self.resources = {k[4:]: v for k, v in sd.items() if k.startswith("res.")}
+
+    def to(self, device) -> Attack:
+        self.resources = {k: v.to(device) for k, v in self.resources.items()}
+        return self
+
+    # ---- poisoning --------------------------------------------------------------------
+    def num_poison(self, n_candidates: int, n_train: int) -> int:
+        """round(ratio * N) of the whole training set (methods.md section 2), capped by the candidates."""
+        k = int(round(self.ratio * n_train))
+        return min(k, n_candidates)
+
+    def select(self, train_y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Poison index: dirty-label attacks draw uniformly from all images, clean-label from the target class."""
+        y = train_y.cpu()
+        cand = torch.nonzero(y == self.target).flatten() if self.clean_label else torch.arange(len(y))
+        k = self.num_poison(len(cand), len(y))
+        pick = torch.randperm(len(cand), generator=generator)[:k]
+        self.poison_index = cand[pick].sort().values
+        return self.poison_index
+
+    def poison_mask(self, n_train: int, device=None) -> torch.Tensor:
+        m = torch.zeros(n_train, dtype=torch.bool, device=device)
+        m[self.poison_index.to(m.device)] = True
+        return m
+
+    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, generator: torch.Generator):
+        """Training-time poisoning of a float batch: trigger on the marked samples, label -> target (dirty-label)."""
+        if is_poison.any():
+            x = x.clone()
+            x[is_poison] = self.apply(x[is_poison])
+            if not self.clean_label:
+                y = torch.where(is_poison, torch.full_like(y, self.target), y)
+        return x, y
+
+    # ---- test time --------------------------------------------------------------------
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg})"
+
+
+def scaled(pixels_at_32: int, size: int) -> int:
+    """Scales a trigger size given for 32x32 images to another image size (at least 1 pixel)."""
+    return max(1, int(round(pixels_at_32 * size / 32)))

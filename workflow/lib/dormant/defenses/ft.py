@@ -1,0 +1,19 @@
+"""FT: fine-tuning on the defender's clean subset (methods.md section 5; BackdoorBench 'ft').
+
+SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine schedule, standard crop+flip augmentation;
+epochs and learning rate come from params.yaml.
+"""
+
+from __future__ import annotations
+
+from .. import training
+from . import DEFENSES
+from .base import Defense
+
+
+@DEFENSES.register("ft")
+class FineTuning(Defense):
+    def run(self, model, clean, *, seed, checkpoint=None):
+        cfg = {k: v for k, v in self.cfg.items() if k in training.DEFAULTS}
+        history = training.train(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="ft")
+        return model, {"history": history, "changed": True}

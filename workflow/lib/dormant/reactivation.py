@@ -1,0 +1,114 @@
+"""White-box re-activation and the gUAA baseline (methods.md section 7; Zhu, Liang & Wu 2024, section 4).
+
+Both optimise one universal perturbation delta, added in [0, 1] pixel space and clamped (Pi):
+
+  min_delta  mean_i [ CE(f_D(Pi(x_i + delta)), t) + (-log(1.0001 - p_y'(Pi(x_i + delta)))) ]
+
+with y' the most probable non-target class, uniform init in the budget, plain SGD on delta
+(lr 0.05, ``epochs`` x ``steps`` per batch), projection onto the budget after every step.
+Re-activation (RA) uses poisoned training images x~ (trigger applied); gUAA uses the same images
+clean, without the trigger -- a generic universal adversarial perturbation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import to_float
+from .metrics import attack_success_rate, autocast, poisoned_test_index, predict
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Projection onto the L-inf or L2 ball of radius eps (delta is one C x H x W tensor)."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        n = delta.norm(p=2)
+        return delta * (eps / n) if n > eps else delta
+    raise ValueError(f"unknown norm {norm!r} (linf or l2)")
+
+
+def random_init(shape, norm: str, eps: float, generator: torch.Generator) -> torch.Tensor:
+    if norm == "linf":
+        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    d = torch.randn(shape, generator=generator)
+    r = torch.rand((), generator=generator) ** (1.0 / d.numel())
+    return d / d.norm() * eps * r
+
+
+def reactivation_loss(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """CE to the target plus -log(1.0001 - p_y') for the most probable non-target class y'."""
+    ce = F.cross_entropy(logits, torch.full((len(logits),), target, device=logits.device, dtype=torch.long))
+    p = logits.softmax(1)
+    others = p.clone()
+    others[:, target] = -1.0
+    p_comp = others.max(1).values
+    return ce + (-torch.log(1.0001 - p_comp)).mean()
+
+
+def optimise_universal(model, x_uint8: torch.Tensor, target: int, *, transform=None, norm="linf", eps=0.05,
+                       lr=0.05, epochs=50, steps=5, batch_size=128, seed=0,
+                       desc="reactivate") -> tuple[torch.Tensor, list]:
+    """One universal delta for images ``x_uint8`` (optionally triggered by ``transform``); returns (delta, losses)."""
+    device = next(model.parameters()).device
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    delta = random_init(tuple(x_uint8.shape[1:]), norm, eps, g).to(device)
+    n = len(x_uint8)
+    losses = []
+    for _ in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
+        perm = torch.randperm(n, generator=g)
+        tot = 0.0
+        for s in range(math.ceil(n / batch_size)):
+            xb = to_float(x_uint8[perm[s * batch_size : (s + 1) * batch_size].to(x_uint8.device)].to(device))
+            if transform is not None:
+                xb = transform(xb)
+            for _ in range(steps):
+                d = delta.clone().requires_grad_(True)
+                with autocast(device):
+                    logits = model((xb + d).clamp(0, 1))
+                loss = reactivation_loss(logits.float(), target)
+                (grad,) = torch.autograd.grad(loss, d)
+                delta = project(delta - lr * grad, norm, eps)
+                tot += loss.item()
+        losses.append(tot / (steps * math.ceil(n / batch_size)))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return delta.detach(), losses
+
+
+def attack_images(train, target: int, n: int, seed: int) -> torch.Tensor:
+    """n training images of non-target classes, drawn from ``seed`` (the attacker's optimisation set)."""
+    idx = poisoned_test_index(train.y.cpu(), target)
+    g = torch.Generator().manual_seed(seed)
+    return idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
+
+
+def run_reactivation(model, train, test, attack, cfg: dict, seed: int) -> dict:
+    """White-box RA and gUAA for one defended model; ASR measured on the whole poisoned / clean non-target test set."""
+    target = attack.target
+    idx = attack_images(train, target, cfg["n_images"], seed)
+    x_opt = train.x[idx.to(train.x.device)]
+    common = dict(norm=cfg["norm"], eps=cfg["eps"], lr=cfg["lr"], epochs=cfg["epochs"], steps=cfg["steps"],
+                  batch_size=cfg["batch_size"], seed=seed)
+    tidx = poisoned_test_index(test.y, target)
+    x_test = test.x[tidx]
+    out = {"n_images": len(idx), "budget": {"norm": cfg["norm"], "eps": cfg["eps"]}}
+    out["asr_trigger"] = attack_success_rate(predict(model, x_test, attack.apply), target)
+    delta_ra, loss_ra = optimise_universal(model, x_opt, target, transform=attack.apply, desc="RA", **common)
+    out["asr_reactivated"] = attack_success_rate(
+        predict(model, x_test, lambda x: (attack.apply(x) + delta_ra).clamp(0, 1)), target)
+    out["loss_reactivated"] = loss_ra
+    out["asr_clean"] = attack_success_rate(predict(model, x_test), target)
+    delta_g, loss_g = optimise_universal(model, x_opt, target, transform=None, desc="gUAA", **common)
+    out["asr_guaa"] = attack_success_rate(predict(model, x_test, lambda x: (x + delta_g).clamp(0, 1)), target)
+    out["loss_guaa"] = loss_g
+    out["delta_norms"] = {name: {"linf": d.abs().max().item(), "l2": d.norm().item()}
+                          for name, d in (("reactivated", delta_ra), ("guaa", delta_g))}
+    return out, {"delta_reactivated": delta_ra, "delta_guaa": delta_g}

@@ -1,0 +1,152 @@
+"""Paper-style outputs: one tidy table (a row per model) and the figures.
+
+* table: attack, model (clean / backdoor / defense name), C-ACC, ASR, RA, DER, BEC (headline fraction, plus
+  5/10/20% and the reference code's min-max variant), ASR after white-box re-activation, gUAA ASR.
+* figure 1 of the re-activation paper: BEC (y) against ASR after defense (x).
+* ASR with the original trigger vs. after re-activation vs. gUAA, per model.
+* trigger gallery: clean image, poisoned image, amplified difference, per attack.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from .augment import to_float  # noqa: E402
+from .bec import minmax_bec  # noqa: E402
+from .io import atomic_path, read_json, write_json, write_text  # noqa: E402
+from .metrics import poisoned_test_index  # noqa: E402
+
+COLUMNS = ["attack", "model", "c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_10", "bec_20", "bec_minmax",
+           "asr_reactivated", "asr_guaa"]
+
+
+def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
+    """rows: one dict per model with keys attack, model, metrics, bec, reactivation (paths to stage JSONs)."""
+    recs = []
+    for r in rows:
+        m = read_json(r["metrics"])["metrics"]
+        b = read_json(r["bec"])["metrics"]
+        ra = read_json(r["reactivation"])["metrics"]
+        recs.append({
+            "attack": r["attack"], "model": r["model"], "c_acc": m["c_acc"], "asr": m["asr"], "ra": m["ra"],
+            "der": m["der"], "bec": b["bec"], "bec_5": b.get("bec_5"), "bec_10": b.get("bec_10"),
+            "bec_20": b.get("bec_20"), "S": b["S"],
+            "asr_reactivated": ra["asr_reactivated"], "asr_guaa": ra["asr_guaa"],
+        })
+    df = pd.DataFrame.from_records(recs)
+    df["bec_minmax"] = math.nan
+    for _, grp in df.groupby("attack"):
+        defended = grp[~grp["model"].isin(["clean", "backdoor"])]
+        if len(defended):
+            mm = minmax_bec(dict(zip(defended.index, defended["S"])))
+            df.loc[list(mm), "bec_minmax"] = list(mm.values())
+    return df[COLUMNS]
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None) -> None:
+    """CSV (for pandas and DVC plots), Markdown (for people) and nested JSON (for ``dvc metrics``)."""
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_text(md_path, to_markdown(df))
+    if json_path is not None:
+        nested: dict = {}
+        for _, r in df.iterrows():
+            nested.setdefault(r["attack"], {})[r["model"]] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 4))
+                for k, v in r.items() if k not in ("attack", "model")}
+        write_json(json_path, nested)
+
+
+def _savefig(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def figure_bec_vs_asr(df: pd.DataFrame, path) -> None:
+    """Figure 1 of Zhu et al.: defenses drive ASR down while BEC stays high."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    markers = dict(zip(sorted(df["attack"].unique()), "osD^vP*Xh"))
+    models = [m for m in df["model"].unique() if m not in ("clean", "backdoor")]
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    colors.update({"clean": "0.6", "backdoor": "black"})
+    for _, r in df.iterrows():
+        ax.scatter(r["asr"], r["bec"], marker=markers[r["attack"]], color=colors[r["model"]], s=60,
+                   edgecolor="white", linewidth=0.5, zorder=3)
+    for a, mk in markers.items():
+        ax.scatter([], [], marker=mk, color="0.3", label=f"attack: {a}")
+    for m, c in colors.items():
+        if m in set(df["model"]):
+            ax.scatter([], [], marker="s", color=c, label=m)
+    ax.axhline(0, color="0.8", lw=0.8, zorder=1)
+    ax.axhline(1, color="0.8", lw=0.8, zorder=1)
+    ax.set_xlabel("ASR (%)")
+    ax.set_ylabel("BEC")
+    ax.set_xlim(-3, 103)
+    ax.set_title("Backdoor existence vs. attack success")
+    ax.legend(fontsize=7, loc="best", frameon=False)
+    _savefig(fig, path)
+
+
+def figure_reactivation(df: pd.DataFrame, path) -> None:
+    """ASR with the original trigger, after white-box re-activation, and of the gUAA baseline, per model."""
+    labels = [f"{a}\n{m}" for a, m in zip(df["attack"], df["model"])]
+    x = range(len(df))
+    w = 0.27
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(df)), 3.8))
+    ax.bar([i - w for i in x], df["asr"], w, label="original trigger", color="0.55")
+    ax.bar(list(x), df["asr_reactivated"], w, label="trigger + re-activation", color="tab:red")
+    ax.bar([i + w for i in x], df["asr_guaa"], w, label="gUAA (no trigger)", color="tab:blue")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.set_title("Re-activation restores the backdoor")
+    _savefig(fig, path)
+
+
+def figure_trigger_gallery(test, attacks: dict, path, n: int = 3, seed: int = 0) -> None:
+    """Per attack: n clean test images, their poisoned versions, and |difference| scaled to full range."""
+    names = sorted(attacks)
+    fig, axes = plt.subplots(len(names), 3 * n, figsize=(1.1 * 3 * n, 1.25 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        atk = attacks[name]
+        idx = poisoned_test_index(test.y, atk.target)
+        g = torch.Generator().manual_seed(seed)
+        pick = idx[torch.randperm(len(idx), generator=g)[:n]]
+        x = to_float(test.x[pick])
+        xp = atk.apply(x).clamp(0, 1)
+        diff = (xp - x).abs()
+        diff = diff / diff.amax().clamp_min(1e-8)
+        for j in range(n):
+            for k, (img, title) in enumerate(((x[j], "clean"), (xp[j], "poisoned"), (diff[j], "|diff| (scaled)"))):
+                ax = axes[row, 3 * j + k]
+                ax.imshow(img.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(title, fontsize=6)
+            axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle("Triggers", fontsize=9)
+    _savefig(fig, path)

@@ -1,0 +1,165 @@
+"""Supervised training on a resident uint8 dataset, with optional in-loop poisoning (methods.md section 2).
+
+One loop serves clean training, backdoor training (a data-poisoning attack stamps its trigger on
+the poison index; a training-controlled attack rewrites the batch itself) and fine-tuning defenses.
+
+Speed: the dataset stays on the device as uint8; each batch is gathered by index, converted,
+poisoned and augmented as whole-batch tensor ops; bf16 autocast and channels-last on CUDA.
+Reproducibility: all randomness comes from one CPU ``torch.Generator`` seeded from ``seed``, so
+the shuffles and augmentations are identical on every device; on CPU the weights are
+bit-identical between runs. Resume: after every epoch the model, optimiser buffers, generator
+state and history go to a safetensors checkpoint; a rerun with the same config continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import random_crop_flip, to_float
+from .io import config_hash, load_tensors, save_tensors
+from .metrics import autocast
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "augment": True,
+    "crop_padding": 4,
+    "label_smoothing": 0.0,
+}
+
+
+def lr_at(cfg: dict, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): cosine annealing over ``epochs`` (stepped per epoch) or constant."""
+    if cfg["schedule"] == "cosine":
+        return 0.5 * cfg["lr"] * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
+    return cfg["lr"]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+
+def _optimizer_tensors(model, opt) -> dict[str, torch.Tensor]:
+    names = {p: n for n, p in model.named_parameters()}
+    out = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"opt.{names[p]}"] = buf
+    return out
+
+
+def _load_optimizer_tensors(model, opt, tensors) -> None:
+    for n, p in model.named_parameters():
+        key = f"opt.{n}"
+        if key in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[key].to(p.device, p.dtype).clone()
+
+
+def save_checkpoint(path, model, opt, epoch: int, generator: torch.Generator, history: list, cfg_key: str) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(_optimizer_tensors(model, opt))
+    tensors["rng"] = generator.get_state()
+    save_tensors(tensors, path, {"epoch": epoch, "history": history, "config_hash": cfg_key})
+
+
+def try_resume(path, model, opt, generator, cfg_key: str):
+    """Loads ``path`` if it exists and was written for the same config; returns (next_epoch, history)."""
+    if path is None or not Path(path).exists():
+        return 0, []
+    tensors, meta = load_tensors(path)
+    if meta.get("config_hash") != cfg_key:
+        log.warning("ignoring checkpoint %s: it was written for another config", path)
+        return 0, []
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_optimizer_tensors(model, opt, tensors)
+    generator.set_state(tensors["rng"])
+    log.info("resumed from %s after epoch %d", path, meta["epoch"] + 1)
+    return meta["epoch"] + 1, meta["history"]
+
+
+def train(
+    model: torch.nn.Module,
+    data,
+    cfg: dict,
+    *,
+    seed: int,
+    attack=None,
+    poison_mask: torch.Tensor | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    extra_loss: Callable | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Trains ``model`` in place on ``data`` (an ImageSet on the model's device); returns per-epoch history.
+
+    ``poison_mask`` (bool, one per training image) marks the samples ``attack.poison_batch`` poisons.
+    ``extra_loss(model, logits, x, y)`` adds a term (used by regularised defenses).
+    """
+    cfg = {**DEFAULTS, **cfg}
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model, cfg)
+    cfg_key = config_hash({"cfg": cfg, "seed": seed, "n": len(data), "attack": getattr(attack, "cfg", None)})
+    start, history = try_resume(checkpoint, model, opt, g, cfg_key)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    n = len(data)
+    steps = math.ceil(n / cfg["batch_size"])
+    bar = tqdm(range(start, cfg["epochs"]), desc=desc, initial=start, total=cfg["epochs"],
+               mininterval=1 if os.isatty(2) else 30, disable=None)
+    for epoch in bar:
+        lr = lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        tot_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for s in range(steps):
+            idx = perm[s * cfg["batch_size"] : (s + 1) * cfg["batch_size"]].to(device)
+            x, y = to_float(data.x[idx]), data.y[idx]
+            if attack is not None:
+                is_p = poison_mask[idx] if poison_mask is not None else torch.zeros_like(y, dtype=torch.bool)
+                x, y = attack.poison_batch(x, y, is_p, g)
+            if cfg["augment"]:
+                x = random_crop_flip(x, cfg["crop_padding"], g)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, logits, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        rec = {"epoch": epoch + 1, "lr": lr, "loss": tot_loss.item() / n, "train_acc": 100.0 * correct.item() / n}
+        if eval_fn is not None and (epoch + 1 == cfg["epochs"] or (epoch + 1) % cfg.get("eval_every", 1) == 0):
+            rec.update(eval_fn(model))
+        history.append(rec)
+        bar.set_postfix({k: round(v, 3) for k, v in rec.items() if k not in ("epoch", "lr")})
+        log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg["epochs"],
+                 " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key)
+    if device.type == "cuda":
+        model.to(memory_format=torch.contiguous_format)
+    return history

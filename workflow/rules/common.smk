@@ -1,0 +1,61 @@
+# Shared definitions: config validation, the static grid, paths, params helpers.
+import json
+import os
+import sys
+
+from dormant.config import validate as _validate
+from dormant.errors import ConfigError as _ConfigError
+
+try:
+    _validate(config, "config (params.yaml + --configfile/--config)")
+except _ConfigError as _e:
+    raise WorkflowError(str(_e))
+
+R = f"results/{config['name']}"
+LOGS = f"logs/{config['name']}"
+BENCH = f"benchmarks/{config['name']}"
+RESUME = f"resume/{config['name']}"
+ATTACKS = sorted(config["attacks"])
+DEFENSES = sorted(config["defenses"])
+MODELS = ["clean", "backdoor"] + DEFENSES  # one table row per (attack, model)
+envvars:
+    "PATH",
+
+
+# Jobs call the `dormant` command of the environment Snakemake itself runs in (also on SLURM nodes),
+# without that path becoming a parameter that would rerun jobs when the checkout moves.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+wildcard_constraints:
+    attack="|".join(ATTACKS),
+    defense="|".join(DEFENSES) if DEFENSES else "(?!x)x",
+    model="|".join(MODELS),
+
+
+def lib(*modules):
+    """Library files a rule depends on, so that a change to them reruns it."""
+    return [f"workflow/lib/dormant/{m}" for m in modules]
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+def model_file(attack, model):
+    if model == "clean":
+        return f"{R}/models/clean/model.safetensors"
+    return f"{R}/models/{attack}/{model}/model.safetensors"
+
+
+DATASET = f"{R}/data/dataset.safetensors"
+SUBSET = f"{R}/data/clean_subset.json"
+TRIGGER = f"{R}/attacks/{{attack}}/trigger.safetensors"
+
+
+def analysed_model(w):
+    return model_file(w.attack, w.model)
+
+
+def role(w):
+    return w.model if w.model in ("clean", "backdoor") else "defense"

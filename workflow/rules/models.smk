@@ -1,0 +1,84 @@
+# Training (clean and backdoored models) and defenses. Each job resumes from its epoch
+# checkpoint under resume/ if it was interrupted.
+
+TRAIN_LIB = lib("training.py", "models.py", "augment.py", "metrics.py", "checkpoints.py")
+
+
+rule train_clean:
+    output:
+        model=f"{R}/models/clean/model.safetensors",
+        meta=f"{R}/models/clean/model.json",
+    input:
+        data=DATASET,
+        code=TRAIN_LIB,
+    params:
+        p=lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]}),
+        ckpt=f"{RESUME}/clean.safetensors",
+    log:
+        f"{LOGS}/train_clean.log",
+    benchmark:
+        f"{BENCH}/train_clean.tsv"
+    conda:
+        "../envs/dormant.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=720,
+    shell:
+        "dormant --threads {threads} train --params {params.p:q} --dataset {input.data:q} "
+        "--model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
+
+
+rule train_backdoor:
+    output:
+        model=f"{R}/models/{{attack}}/backdoor/model.safetensors",
+        meta=f"{R}/models/{{attack}}/backdoor/model.json",
+    input:
+        data=DATASET,
+        trigger=TRIGGER,
+        code=TRAIN_LIB,
+    params:
+        p=lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]}),
+        ckpt=f"{RESUME}/{{attack}}_backdoor.safetensors",
+    log:
+        f"{LOGS}/train_backdoor_{{attack}}.log",
+    benchmark:
+        f"{BENCH}/train_backdoor_{{attack}}.tsv"
+    conda:
+        "../envs/dormant.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=720,
+    shell:
+        "dormant --threads {threads} train --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
+        "--model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
+
+
+rule defend:
+    output:
+        model=f"{R}/models/{{attack}}/{{defense}}/model.safetensors",
+        meta=f"{R}/models/{{attack}}/{{defense}}/model.json",
+    input:
+        data=DATASET,
+        subset=SUBSET,
+        backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
+        code=TRAIN_LIB,
+        code_defense=lib("defenses/__init__.py", "defenses/base.py"),
+        code_type=lambda w: lib(f"defenses/{config['defenses'][w.defense]['type']}.py"),
+    params:
+        p=lambda w: as_json({"defense": config["defenses"][w.defense], "seed": config["seed"]}),
+        ckpt=f"{RESUME}/{{attack}}_{{defense}}.safetensors",
+    log:
+        f"{LOGS}/defend_{{attack}}_{{defense}}.log",
+    benchmark:
+        f"{BENCH}/defend_{{attack}}_{{defense}}.tsv"
+    conda:
+        "../envs/dormant.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=720,
+    shell:
+        "dormant --threads {threads} defend --params {params.p:q} --dataset {input.data:q} --subset {input.subset:q} "
+        "--backdoored {input.backdoored:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
