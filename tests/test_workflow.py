@@ -107,3 +107,14 @@ def test_paper_preset_dry_run_expands_the_grid(repo):
     out = r.stdout + r.stderr
     for rule in ["train_clean", "train_backdoor", "defend", "bec", "reactivate", "report"]:
         assert rule in out
+
+
+def test_full_archive_overlay_dry_run(repo):
+    from .conftest import SHARED_ARCHIVE
+
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"no archive at {SHARED_ARCHIVE}")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/full-archive.yaml", "--quiet",
+                        "rules"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train_backdoor" in r.stdout + r.stderr

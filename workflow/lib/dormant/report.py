@@ -105,7 +105,7 @@ def figure_bec_vs_asr(df: pd.DataFrame, path) -> None:
     ax.set_ylabel("BEC")
     ax.set_xlim(-3, 103)
     ax.set_title("Backdoor existence vs. attack success")
-    ax.legend(fontsize=7, loc="best", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     _savefig(fig, path)
 
 
@@ -121,7 +121,7 @@ def figure_reactivation(df: pd.DataFrame, path) -> None:
     ax.set_xticks(list(x), labels, fontsize=7)
     ax.set_ylabel("ASR (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Re-activation restores the backdoor")
     _savefig(fig, path)
 
@@ -138,7 +138,7 @@ def figure_trigger_gallery(test, attacks: dict, path, n: int = 3, seed: int = 0)
         x = to_float(test.x[pick])
         xp = atk.apply(x).clamp(0, 1)
         diff = (xp - x).abs()
-        diff = diff / diff.amax().clamp_min(1e-8)
+        diff = diff / diff.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)  # per image
         for j in range(n):
             for k, (img, title) in enumerate(((x[j], "clean"), (xp[j], "poisoned"), (diff[j], "|diff| (scaled)"))):
                 ax = axes[row, 3 * j + k]
