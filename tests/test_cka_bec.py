@@ -97,3 +97,38 @@ def test_preact_resnet18_has_16_analysis_convs():
     assert len(layers) == 16
     assert all(m.get_submodule(n).kernel_size == (3, 3) for n in layers)
     assert "conv1" not in layers and not any("shortcut" in n for n in layers)
+
+
+class _Probe(torch.nn.Module):
+    """One conv whose channel 2 alone sees the input; the others are dead."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[2] = 1.0
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+    def analysis_layers(self):
+        return ["conv"]
+
+
+def test_tac_finds_the_channel_that_reacts_to_the_trigger(synthetic):
+    from dormant.attacks import build_attack
+
+    atk = build_attack({"type": "badnets", "ratio": 0.1, "target": 0}, (3, 16, 16), 4)
+    m = _Probe().eval()
+    x = synthetic["test"].x[:8]
+    tac = bec.trigger_activated_change(m, ["conv"], x, atk)["conv"]
+    assert tac[2] > 0 and torch.all(tac[[0, 1, 3]] == 0)
+    # hand-computed: the 2x2 white patch changes the 3x3 box sums around the corner
+    from dormant.augment import to_float
+
+    xf = to_float(x)
+    d = torch.nn.functional.conv2d(atk.apply(xf) - xf, m.conv.weight[2:3], padding=1)
+    assert tac[2].item() == pytest.approx(d.flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+    assert bec.ranked_channels({"conv": tac})["conv"][0] == 2

@@ -1,4 +1,5 @@
-# Training (clean and backdoored models) and defenses. Each job resumes from its epoch
+# Training (clean and backdoored models) and defenses. Training jobs go first (priority): they are
+# the long ones everything else waits for. Each job resumes from its epoch
 # checkpoint under resume/ if it was interrupted.
 
 TRAIN_LIB = lib("training.py", "models.py", "augment.py", "metrics.py", "checkpoints.py")
@@ -21,6 +22,7 @@ rule train_clean:
     conda:
         "../envs/dormant.yaml"
     threads: 1
+    priority: 10
     resources:
         mem_mb=6000,
         runtime=720,
@@ -47,6 +49,7 @@ rule train_backdoor:
     conda:
         "../envs/dormant.yaml"
     threads: 1
+    priority: 10
     resources:
         mem_mb=6000,
         runtime=720,
