@@ -21,7 +21,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check workflow/lib tests
+	$(BIN)/ruff check workflow/lib workflow/scripts tests
 	$(BIN)/snakemake --lint
 
 dryrun-paper: setup

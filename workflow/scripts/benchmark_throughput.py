@@ -15,7 +15,6 @@ import platform
 import time
 
 import torch
-
 from dormant import runtime, training
 from dormant.attacks import create_attack
 from dormant.data import make_synthetic
