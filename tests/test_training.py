@@ -94,3 +94,19 @@ def test_ft_defense_runs_keeps_architecture_and_budget(synthetic):
     d = build_defense({"type": "ft", "epochs": 2, "lr": 0.01, "batch_size": 16})
     out, info = d.run(m, synthetic["train"].subset(torch.arange(0, 240, 4)), seed=0)
     assert type(out) is type(m) and len(info["history"]) == 2
+
+
+def test_checkpoint_of_other_data_or_other_start_is_ignored(synthetic, tmp_path):
+    """Same config and size, different content: a stale checkpoint must not be resumed."""
+    ckpt = tmp_path / "resume.safetensors"
+    _fit(synthetic["train"], checkpoint=ckpt)
+    other = synthetic["train"].subset(torch.arange(len(synthetic["train"])).flip(0))  # same n, other order
+    other.x = 255 - other.x
+    _, h = _fit(other, checkpoint=ckpt)
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    _, h2 = _fit(other, seed=0, checkpoint=ckpt)  # now the checkpoint matches: nothing left to train
+    assert len(h2) == 4 and h2 == h
+    torch.manual_seed(1)
+    m = build_model("cnn_tiny", 4)  # other starting weights, e.g. a retrained backdoored model
+    h3 = training.train(m, other, CFG, seed=0, checkpoint=ckpt)
+    assert [r["epoch"] for r in h3] == [1, 2, 3, 4]

@@ -125,5 +125,18 @@ def sidecar(config: dict, seed: int | None, metrics: dict | None = None, **extra
     }
 
 
+def tensor_digest(*tensors: torch.Tensor | None) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes; None entries count as absent."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        flat = t.detach().reshape(-1).contiguous().cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:16]

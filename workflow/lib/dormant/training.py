@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import random_crop_flip, to_float
-from .io import code_version, config_hash, load_tensors, save_tensors
+from .io import code_version, config_hash, load_tensors, save_tensors, tensor_digest
 from .metrics import autocast
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,13 @@ def train(
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg)
-    # a checkpoint is only resumed by the same config, data size, attack and library code
-    cfg_key = config_hash({"cfg": cfg, "seed": seed, "n": len(data), "attack": getattr(attack, "cfg", None),
-                           "model": type(model).__name__, "code": code_version()["source_sha256"]})
+    # a checkpoint is only resumed by the same config, data, poisoning, starting weights and library code
+    cfg_key = config_hash({
+        "cfg": cfg, "seed": seed, "attack": getattr(attack, "cfg", None), "model": type(model).__name__,
+        "data": tensor_digest(data.x, data.y, poison_mask),
+        "init": tensor_digest(*model.state_dict().values()),
+        "code": code_version()["source_sha256"],
+    })
     start, history = try_resume(checkpoint, model, opt, g, cfg_key)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
