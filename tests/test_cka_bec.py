@@ -78,19 +78,6 @@ def test_bec_of_backdoored_is_one_and_of_clean_is_zero(synthetic):
     assert res["n_images"] == 40
 
 
-def test_tac_is_zero_when_trigger_is_identity(synthetic):
-    class NoTrigger:
-        target = 0
-
-        @staticmethod
-        def apply(x):
-            return x
-
-    m = build_model("cnn_tiny", 4).eval()
-    tac = bec.trigger_activated_change(m, m.analysis_layers(), synthetic["test"].x[:10], NoTrigger)
-    assert all(torch.all(v == 0) for v in tac.values())
-
-
 def test_preact_resnet18_has_16_analysis_convs():
     m = build_model("preact_resnet18", 10)
     layers = m.analysis_layers()

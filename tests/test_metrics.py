@@ -54,6 +54,8 @@ def test_evaluate_on_a_model_with_known_behaviour():
     y = torch.tensor([0, 1, 2, 3, 3, 2])
     x = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
     x[:, 0, 0, 0] = y.to(torch.uint8)
-    atk = build_attack({"type": "badnets", "ratio": 0.1, "target": 0, "patch_size": 4}, (3, 8, 8), 4)
+    # patch_size is given for 32x32 images and scales: 8 at 32 px -> a 2x2 patch at 8 px
+    atk = build_attack({"type": "badnets", "ratio": 0.1, "target": 0, "patch_size": 8}, (3, 8, 8), 4)
+    assert atk.side == 2
     m = evaluate(_Const(), ImageSet(x, y, list("abcd")), atk)
     assert m == {"c_acc": 100.0, "asr": 100.0, "ra": 0.0}

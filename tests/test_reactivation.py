@@ -47,10 +47,11 @@ def test_delta_within_budget(synthetic, norm, eps):
     assert all(p.requires_grad for p in m.parameters())  # model handed back trainable
 
 
-def test_optimisation_lowers_the_loss(synthetic):
+@pytest.mark.parametrize("with_trigger", [True, False])  # re-activation (trigger + delta) and gUAA
+def test_optimisation_lowers_the_loss(synthetic, with_trigger):
     m, atk = _tiny_setup(synthetic)
-    _, losses = optimise_universal(m, synthetic["train"].x[:64], 0, eps=0.3, lr=0.05, epochs=6, steps=5,
-                                   batch_size=32, seed=0)
+    _, losses = optimise_universal(m, synthetic["train"].x[:64], 0, transform=atk.apply if with_trigger else None,
+                                   eps=0.3, lr=0.05, epochs=6, steps=5, batch_size=32, seed=0)
     assert losses[-1] < losses[0]
 
 

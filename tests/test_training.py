@@ -61,13 +61,19 @@ def test_resume_after_interruption_gives_identical_weights(synthetic, tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_checkpoint_of_another_config_is_ignored(synthetic, tmp_path):
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_checkpoint_of_another_config_is_ignored(synthetic, tmp_path, caplog):
     ckpt = tmp_path / "resume.safetensors"
-    _fit(synthetic["train"], checkpoint=ckpt)
-    torch.manual_seed(0)
-    m = build_model("cnn_tiny", 4)
-    h = training.train(m, synthetic["train"], {**CFG, "lr": 0.01}, seed=0, checkpoint=ckpt)
-    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    stale, _ = _fit(synthetic["train"], checkpoint=ckpt)
+    cfg = {**CFG, "lr": 0.01}
+    fresh, _ = _fit(synthetic["train"], cfg=cfg)
+    with caplog.at_level("WARNING", logger="dormant.training"):
+        got, _ = _fit(synthetic["train"], cfg=cfg, checkpoint=ckpt)
+    assert "ignoring checkpoint" in caplog.text
+    assert _same_weights(got, fresh) and not _same_weights(got, stale)
 
 
 def test_model_checkpoint_roundtrip_and_errors(synthetic, tmp_path):
@@ -96,17 +102,23 @@ def test_ft_defense_runs_keeps_architecture_and_budget(synthetic):
     assert type(out) is type(m) and len(info["history"]) == 2
 
 
-def test_checkpoint_of_other_data_or_other_start_is_ignored(synthetic, tmp_path):
+def test_checkpoint_of_other_data_or_other_start_is_ignored(synthetic, tmp_path, caplog):
     """Same config and size, different content: a stale checkpoint must not be resumed."""
     ckpt = tmp_path / "resume.safetensors"
-    _fit(synthetic["train"], checkpoint=ckpt)
-    other = synthetic["train"].subset(torch.arange(len(synthetic["train"])).flip(0))  # same n, other order
+    stale, _ = _fit(synthetic["train"], checkpoint=ckpt)
+    other = synthetic["train"].subset(torch.arange(len(synthetic["train"])).flip(0))  # same n, other content
     other.x = 255 - other.x
-    _, h = _fit(other, checkpoint=ckpt)
-    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
-    _, h2 = _fit(other, seed=0, checkpoint=ckpt)  # now the checkpoint matches: nothing left to train
-    assert len(h2) == 4 and h2 == h
+    fresh, _ = _fit(other)
+    with caplog.at_level("INFO", logger="dormant.training"):
+        got, _ = _fit(other, checkpoint=ckpt)
+    assert "ignoring checkpoint" in caplog.text and _same_weights(got, fresh) and not _same_weights(got, stale)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dormant.training"):
+        again, _ = _fit(other, checkpoint=ckpt)  # now the checkpoint matches and is resumed
+    assert "resumed from" in caplog.text and _same_weights(again, fresh)
+    caplog.clear()
     torch.manual_seed(1)
-    m = build_model("cnn_tiny", 4)  # other starting weights, e.g. a retrained backdoored model
-    h3 = training.train(m, other, CFG, seed=0, checkpoint=ckpt)
-    assert [r["epoch"] for r in h3] == [1, 2, 3, 4]
+    m = build_model("cnn_tiny", 4)  # other starting weights, e.g. a retrained backdoored model under FT
+    with caplog.at_level("INFO", logger="dormant.training"):
+        training.train(m, other, CFG, seed=0, checkpoint=ckpt)
+    assert "ignoring checkpoint" in caplog.text and not _same_weights(m, fresh)

@@ -84,7 +84,12 @@ def optimise_universal(model, x_uint8: torch.Tensor, target: int, *, transform=N
 
 
 def attack_images(train, target: int, n: int, seed: int) -> torch.Tensor:
-    """n training images of non-target classes, drawn from ``seed`` (the attacker's optimisation set)."""
+    """n training images of non-target classes, drawn from ``seed`` (the attacker's optimisation set).
+
+    methods.md asks for "1,000 poisoned training images": we stamp the trigger on training images whose
+    label is not t -- the training-set counterpart of the poisoned test set on which ASR is measured --
+    rather than reuse the poison index, which also holds images already of class t.
+    """
     idx = poisoned_test_index(train.y.cpu(), target)
     g = torch.Generator().manual_seed(seed)
     return idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
