@@ -4,7 +4,6 @@ better than the same optimisation without the trigger (gUAA) -- the paper's clai
 
 import pytest
 import torch
-
 from dormant import training
 from dormant.attacks import create_attack
 from dormant.bec import compute_bec
