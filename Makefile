@@ -25,4 +25,4 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 dryrun-paper: setup
-	$(BIN)/snakemake -n --quiet rules --configfile config/paper.yaml
+	$(BIN)/snakemake -n --quiet rules --configfile config/paper.yaml --replace-workflow-config

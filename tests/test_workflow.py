@@ -100,13 +100,32 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
     assert (workdir / "results/tiny/data/dataset.safetensors").is_file()
 
 
-def test_paper_preset_dry_run_expands_the_grid(repo):
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", "--quiet",
-                        "rules"], cwd=repo, capture_output=True, text=True, timeout=300)
+def _job_counts(out: str) -> dict:
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
+    """The paper grid: 1 clean + 2 backdoored models, 2 FT, 3 models x 2 attacks analysed; params.yaml's
+    entries must not leak in (here an extra attack is added to params.yaml)."""
+    for f in ("Snakefile", "params.yaml"):
+        shutil.copy(repo / f, tmp_path)
+    shutil.copytree(repo / "workflow", tmp_path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "config", tmp_path / "config")
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml",
+                        "--replace-workflow-config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    for rule in ["train_clean", "train_backdoor", "defend", "bec", "reactivate", "report"]:
-        assert rule in out
+    c = _job_counts(r.stdout + r.stderr)
+    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 2, c
+    assert c["metrics"] == c["bec"] == c["reactivate"] == 6 and c["report"] == 1, c
+    assert "results/paper/models/badnets/ft/model.safetensors" in r.stdout + r.stderr
 
 
 def test_full_archive_overlay_dry_run(repo):
