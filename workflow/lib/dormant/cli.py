@@ -1,4 +1,5 @@
-"""Command line of the pipeline stages: ``python -m dormant.cli STAGE --params JSON --<path-arg> PATH ...``.
+"""Command line of the pipeline stages: ``dormant STAGE --params JSON --<path-arg> PATH ...``
+(also ``python -m dormant.cli``).
 
 Snakemake rules call this with their own params.yaml sections as JSON; users can call it too.
 Path arguments are the keyword arguments of the matching function in :mod:`dormant.stages`.
@@ -29,7 +30,7 @@ JSON_ARGS = {"rows", "triggers"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dormant.cli", description=__doc__)
+    p = argparse.ArgumentParser(prog="dormant", description=__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sub = p.add_subparsers(dest="stage", required=True)
     for name, fn in STAGES.items():
