@@ -18,6 +18,12 @@ def _fit(data, seed=0, cfg=CFG, **kw):
     return m, h
 
 
+def _differing(a, b) -> list[str]:
+    """Names of the state entries in which two models differ (empty: bit-identical)."""
+    sb = b.state_dict()
+    return [k for k, v in a.state_dict().items() if not torch.equal(v, sb[k])]
+
+
 def test_training_learns_and_backdoor_is_implanted(synthetic):
     atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, synthetic["train"].x, synthetic["train"].y,
                         4, seed=0)
@@ -37,8 +43,7 @@ def test_cosine_schedule():
 def test_cpu_training_is_bit_reproducible(synthetic):
     a, _ = _fit(synthetic["train"])
     b, _ = _fit(synthetic["train"])
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(va, vb), k
+    assert not _differing(a, b)
 
 
 def test_resume_after_interruption_gives_identical_weights(synthetic, tmp_path):
@@ -57,12 +62,7 @@ def test_resume_after_interruption_gives_identical_weights(synthetic, tmp_path):
     assert ckpt.exists()
     resumed, h = _fit(synthetic["train"], seed=0, checkpoint=ckpt)
     assert [r["epoch"] for r in h] == [1, 2, 3, 4]
-    for (k, va), vb in zip(ref.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(va, vb), k
-
-
-def _same_weights(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not _differing(ref, resumed)
 
 
 def test_checkpoint_of_another_config_is_ignored(synthetic, tmp_path, caplog):
@@ -73,7 +73,7 @@ def test_checkpoint_of_another_config_is_ignored(synthetic, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="dormant.training"):
         got, _ = _fit(synthetic["train"], cfg=cfg, checkpoint=ckpt)
     assert "ignoring checkpoint" in caplog.text
-    assert _same_weights(got, fresh) and not _same_weights(got, stale)
+    assert not _differing(got, fresh) and _differing(got, stale)
 
 
 def test_model_checkpoint_roundtrip_and_errors(synthetic, tmp_path):
@@ -81,8 +81,7 @@ def test_model_checkpoint_roundtrip_and_errors(synthetic, tmp_path):
     p = tmp_path / "m.safetensors"
     save_model(m, p, arch="cnn_tiny", num_classes=4, config={"x": 1}, seed=3, metrics={"c_acc": 1.0})
     m2 = load_model(p)
-    for va, vb in zip(m.state_dict().values(), m2.state_dict().values()):
-        assert torch.equal(va, vb)
+    assert not _differing(m, m2)
     import json
 
     side = json.loads((tmp_path / "m.json").read_text())
@@ -111,14 +110,14 @@ def test_checkpoint_of_other_data_or_other_start_is_ignored(synthetic, tmp_path,
     fresh, _ = _fit(other)
     with caplog.at_level("INFO", logger="dormant.training"):
         got, _ = _fit(other, checkpoint=ckpt)
-    assert "ignoring checkpoint" in caplog.text and _same_weights(got, fresh) and not _same_weights(got, stale)
+    assert "ignoring checkpoint" in caplog.text and not _differing(got, fresh) and _differing(got, stale)
     caplog.clear()
     with caplog.at_level("INFO", logger="dormant.training"):
         again, _ = _fit(other, checkpoint=ckpt)  # now the checkpoint matches and is resumed
-    assert "resumed from" in caplog.text and _same_weights(again, fresh)
+    assert "resumed from" in caplog.text and not _differing(again, fresh)
     caplog.clear()
     torch.manual_seed(1)
     m = build_model("cnn_tiny", 4)  # other starting weights, e.g. a retrained backdoored model under FT
     with caplog.at_level("INFO", logger="dormant.training"):
         training.train(m, other, CFG, seed=0, checkpoint=ckpt)
-    assert "ignoring checkpoint" in caplog.text and not _same_weights(m, fresh)
+    assert "ignoring checkpoint" in caplog.text and _differing(m, fresh)

@@ -12,21 +12,27 @@ import yaml
 pytestmark = pytest.mark.slow
 
 
-def _snakemake(cwd, *args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml", *args]
+def _snakemake(cwd, *args, configfile="tiny.yaml", check=True):
+    """Runs Snakemake in ``cwd`` with ``configfile``; with ``check`` a failure raises with its output."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", configfile, *args]
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     if check and r.returncode != 0:
         raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
     return r
 
 
+def _copy_workflow(repo, dest):
+    """A runnable copy of the workflow (Snakefile, params.yaml, workflow/, config/, tests/tiny.yaml) in ``dest``."""
+    for f in ("Snakefile", "params.yaml", "tests/tiny.yaml"):
+        shutil.copy(repo / f, dest)
+    for d in ("workflow", "config"):
+        shutil.copytree(repo / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, repo):
-    wd = tmp_path_factory.mktemp("wf")
-    shutil.copy(repo / "Snakefile", wd)
-    shutil.copy(repo / "params.yaml", wd)
-    shutil.copy(repo / "tests" / "tiny.yaml", wd)
-    shutil.copytree(repo / "workflow", wd / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    wd = _copy_workflow(repo, tmp_path_factory.mktemp("wf"))
     _snakemake(wd)
     return wd
 
@@ -82,8 +88,7 @@ def test_bad_config_fails_early_and_deletes_nothing(workdir):
     bad = yaml.safe_load((workdir / "tiny.yaml").read_text())
     bad["attacks"]["badnets"]["ratio"] = 1.5
     (workdir / "bad.yaml").write_text(yaml.safe_dump(bad))
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "bad.yaml"], cwd=workdir,
-                       capture_output=True, text=True, timeout=300)
+    r = _snakemake(workdir, configfile="bad.yaml", check=False)
     assert r.returncode != 0
     assert "attacks.badnets.ratio" in r.stdout + r.stderr
     after = sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
@@ -94,8 +99,7 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
     bad = yaml.safe_load((workdir / "tiny.yaml").read_text())
     bad["data"].update(dataset="cifar10", source="path", path="/nonexistent/cifar.tar.gz")
     (workdir / "bad2.yaml").write_text(yaml.safe_dump(bad))
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "bad2.yaml"], cwd=workdir,
-                       capture_output=True, text=True, timeout=300)
+    r = _snakemake(workdir, "-n", configfile="bad2.yaml", check=False)
     assert r.returncode != 0 and "/nonexistent/cifar.tar.gz" in r.stdout + r.stderr
     assert (workdir / "results/tiny/data/dataset.safetensors").is_file()
 
@@ -112,16 +116,11 @@ def _job_counts(out: str) -> dict:
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     """The paper grid: 1 clean + 2 backdoored models, 2 FT, 3 models x 2 attacks analysed; params.yaml's
     entries must not leak in (here an extra attack is added to params.yaml)."""
-    for f in ("Snakefile", "params.yaml"):
-        shutil.copy(repo / f, tmp_path)
-    shutil.copytree(repo / "workflow", tmp_path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(repo / "config", tmp_path / "config")
+    _copy_workflow(repo, tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml",
-                        "--replace-workflow-config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
     c = _job_counts(r.stdout + r.stderr)
     assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 2, c
     assert c["metrics"] == c["bec"] == c["reactivate"] == 6 and c["report"] == 1, c
@@ -133,7 +132,5 @@ def test_full_archive_overlay_dry_run(repo):
 
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"no archive at {SHARED_ARCHIVE}")
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/full-archive.yaml", "--quiet",
-                        "rules"], cwd=repo, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _snakemake(repo, "-n", "--quiet", "rules", configfile="config/full-archive.yaml")
     assert "train_backdoor" in r.stdout + r.stderr
