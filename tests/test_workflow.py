@@ -1,39 +1,22 @@
 """End-to-end: the Snakemake workflow on tests/tiny.yaml (synthetic data, toy model), every artifact checked."""
 
 import json
-import shutil
-import subprocess
-import sys
+import os
+import re
 
 import pandas as pd
 import pytest
 import yaml
 
+from .workflow_helpers import copy_workflow, job_counts, planned_jobs, snakemake, write_config
+
 pytestmark = pytest.mark.slow
-
-
-def _snakemake(cwd, *args, configfile="tiny.yaml", check=True):
-    """Runs Snakemake in ``cwd`` with ``configfile``; with ``check`` a failure raises with its output."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", configfile, *args]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
-    if check and r.returncode != 0:
-        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
-    return r
-
-
-def _copy_workflow(repo, dest):
-    """A runnable copy of the workflow (Snakefile, params.yaml, workflow/, config/, tests/tiny.yaml) in ``dest``."""
-    for f in ("Snakefile", "params.yaml", "tests/tiny.yaml"):
-        shutil.copy(repo / f, dest)
-    for d in ("workflow", "config"):
-        shutil.copytree(repo / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, repo):
-    wd = _copy_workflow(repo, tmp_path_factory.mktemp("wf"))
-    _snakemake(wd)
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(wd)
     return wd
 
 
@@ -45,10 +28,10 @@ def test_every_artifact_exists_with_sidecar(workdir):
         assert (r / rel).is_file(), rel
     for a in cfg["attacks"]:
         assert (r / f"attacks/{a}/trigger.safetensors").is_file()
-        for m in ["backdoor", "ft"]:
+        for m in ["backdoor", "ft", "ft_short"]:
             side = json.loads((r / f"models/{a}/{m}/model.json").read_text())
             assert side["seed"] == 0 and side["code_version"]["source_sha256"] and "config" in side
-        for m in ["clean", "backdoor", "ft"]:
+        for m in ["clean", "backdoor", "ft", "ft_short"]:
             for f in ["metrics.json", "bec.json", "reactivation.json", "delta.safetensors"]:
                 assert (r / f"analysis/{a}/{m}/{f}").is_file(), (a, m, f)
     subset = json.loads((r / "data/clean_subset.json").read_text())
@@ -65,8 +48,8 @@ def test_every_artifact_exists_with_sidecar(workdir):
 
 def test_table_rows_and_invariants(workdir):
     df = pd.read_csv(workdir / "results/tiny/report/table.csv")
-    assert len(df) == 6 and set(df["attack"]) == {"badnets", "blended"}
-    assert set(df["model"]) == {"clean", "backdoor", "ft"}
+    assert len(df) == 8 and set(df["attack"]) == {"badnets", "blended"}
+    assert set(df["model"]) == {"clean", "backdoor", "ft", "ft_short"}
     assert {"c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_20", "bec_minmax", "asr_reactivated",
             "asr_guaa"} <= set(df.columns)
     bd = df[df.model == "backdoor"]
@@ -75,11 +58,88 @@ def test_table_rows_and_invariants(workdir):
     assert df[df.model == "clean"]["der"].isna().all()
     assert df[["c_acc", "asr", "ra", "asr_reactivated", "asr_guaa"]].stack().between(0, 100).all()
     md = (workdir / "results/tiny/report/table.md").read_text()
-    assert md.count("\n") == 8 and "| badnets | backdoor |" in md
+    assert md.count("\n") == 10 and "| badnets | backdoor |" in md
+    # min-max BEC over each attack's two defenses: one of them is 0 and the other 1 by construction
+    mm = df[df.model.isin(["ft", "ft_short"])].groupby("attack")["bec_minmax"].agg(["min", "max"])
+    assert (mm["min"].abs() < 1e-9).all() and ((mm["max"] - 1).abs() < 1e-9).all()
+
+
+def test_training_histories_are_written_per_model(workdir):
+    h = workdir / "results/tiny/report/history"
+    assert sorted(p.name for p in h.iterdir()) == sorted(
+        ["clean.csv"] + [f"{a}_{m}.csv" for a in ("badnets", "blended") for m in ("backdoor", "ft", "ft_short")])
+    bd = pd.read_csv(h / "badnets_backdoor.csv")
+    assert list(bd["epoch"]) == [1, 2, 3] and bd[["loss", "c_acc", "asr"]].notna().all().all()
+    ft = pd.read_csv(h / "badnets_ft_short.csv")
+    assert list(ft["epoch"]) == [1] and ft["c_acc"].isna().all()  # defenses see no test data
+
+
+def test_html_report_is_self_contained_with_captions(workdir):
+    out = workdir / "report.html"
+    snakemake(workdir, "--report", str(out))
+    html = out.read_text(errors="replace")
+    start = re.search(r'<script id="results">\s*var results = ', html).end()
+    results, _ = json.JSONDecoder().raw_decode(html[start:])
+    r = "results/tiny/report"
+    expected = {f"{r}/table.csv", f"{r}/bec_vs_asr.png", f"{r}/reactivation.png", f"{r}/triggers.png",
+                f"{r}/history/clean.csv", f"{r}/history/blended_ft_short.csv"}
+    assert expected <= set(results), sorted(results)
+    for path, entry in results.items():
+        assert len(entry["caption"]) > 80, path  # every item carries its caption
+        assert entry["data_uri"].startswith("data:") and ";base64," in entry["data_uri"], path  # embedded
+    assert "against ASR after defense" in results[f"{r}/bec_vs_asr.png"]["caption"]
+
+
+def _dry_run_with(workdir, name, edit) -> set:
+    """(rule, wildcards) that a dry run plans after ``edit(config)`` of tiny.yaml; ``all`` left out."""
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    edit(cfg)
+    write_config(workdir / name, cfg)
+    r = snakemake(workdir, "-n", configfile=name)
+    return {j for j in planned_jobs(r.stdout + r.stderr) if j[0] != "all"}
+
+
+def _downstream(attack, model):
+    return {(rule, f"attack={attack}, model={model}") for rule in ("metrics", "bec", "reactivate")}
+
+
+def test_changing_one_defense_reruns_only_that_defense(workdir):
+    """A hyper-parameter of ft: ft of every attack and its analyses rerun; ft_short, the models and the
+    other analyses do not."""
+    jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
+    expected = {("report", "")}
+    for a in ("badnets", "blended"):
+        expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
+    assert jobs == expected
+
+
+def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
+    jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
+    expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", "")}
+    expected |= {("defend", f"attack=blended, defense={d}") for d in ("ft", "ft_short")}
+    for m in ("clean", "backdoor", "ft", "ft_short"):  # the clean model is re-measured under the new trigger
+        expected |= _downstream("blended", m)
+    assert jobs == expected
+
+
+def test_changing_library_code_reruns_what_depends_on_it(workdir):
+    """Rules list the library files they import as inputs: editing bec.py reruns BEC and the report only."""
+    src = workdir / "workflow/lib/dormant/bec.py"
+    original, st = src.read_text(), src.stat()
+    try:
+        src.write_text(original + "\n# an edit\n")
+        r = snakemake(workdir, "-n")
+        jobs = {j for j in planned_jobs(r.stdout + r.stderr) if j[0] != "all"}
+    finally:
+        src.write_text(original)
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    expected = {("report", "")} | {("bec", f"attack={a}, model={m}") for a in ("badnets", "blended")
+                                   for m in ("clean", "backdoor", "ft", "ft_short")}
+    assert jobs == expected
 
 
 def test_rerun_has_nothing_to_do(workdir):
-    r = _snakemake(workdir, "-n")
+    r = snakemake(workdir, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
@@ -88,7 +148,7 @@ def test_bad_config_fails_early_and_deletes_nothing(workdir):
     bad = yaml.safe_load((workdir / "tiny.yaml").read_text())
     bad["attacks"]["badnets"]["ratio"] = 1.5
     (workdir / "bad.yaml").write_text(yaml.safe_dump(bad))
-    r = _snakemake(workdir, configfile="bad.yaml", check=False)
+    r = snakemake(workdir, configfile="bad.yaml", check=False)
     assert r.returncode != 0
     assert "attacks.badnets.ratio" in r.stdout + r.stderr
     after = sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
@@ -99,29 +159,20 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
     bad = yaml.safe_load((workdir / "tiny.yaml").read_text())
     bad["data"].update(dataset="cifar10", source="path", path="/nonexistent/cifar.tar.gz")
     (workdir / "bad2.yaml").write_text(yaml.safe_dump(bad))
-    r = _snakemake(workdir, "-n", configfile="bad2.yaml", check=False)
+    r = snakemake(workdir, "-n", configfile="bad2.yaml", check=False)
     assert r.returncode != 0 and "/nonexistent/cifar.tar.gz" in r.stdout + r.stderr
     assert (workdir / "results/tiny/data/dataset.safetensors").is_file()
-
-
-def _job_counts(out: str) -> dict:
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     """The paper grid: 1 clean + 2 backdoored models, 2 FT, 3 models x 2 attacks analysed; params.yaml's
     entries must not leak in (here an extra attack is added to params.yaml)."""
-    _copy_workflow(repo, tmp_path)
+    copy_workflow(tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    r = _snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
-    c = _job_counts(r.stdout + r.stderr)
+    r = snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
+    c = job_counts(r.stdout + r.stderr)
     assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 2, c
     assert c["metrics"] == c["bec"] == c["reactivate"] == 6 and c["report"] == 1, c
     assert "results/paper/models/badnets/ft/model.safetensors" in r.stdout + r.stderr
@@ -132,5 +183,5 @@ def test_full_archive_overlay_dry_run(repo):
 
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"no archive at {SHARED_ARCHIVE}")
-    r = _snakemake(repo, "-n", "--quiet", "rules", configfile="config/full-archive.yaml")
+    r = snakemake(repo, "-n", "--quiet", "rules", configfile="config/full-archive.yaml")
     assert "train_backdoor" in r.stdout + r.stderr

@@ -26,7 +26,7 @@ STAGES = {
     "reactivate": stages.reactivate,
     "report": stages.report,
 }
-JSON_ARGS = {"rows", "triggers"}
+JSON_ARGS = {"rows", "triggers", "histories"}
 
 
 def build_parser() -> argparse.ArgumentParser:

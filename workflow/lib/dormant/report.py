@@ -5,6 +5,7 @@
 * figure 1 of the re-activation paper: BEC (y) against ASR after defense (x).
 * ASR with the original trigger vs. after re-activation vs. gUAA, per model.
 * trigger gallery: clean image, poisoned image, amplified difference, per attack.
+* per-model training histories (one CSV per trained or defended model: ``dvc plots show`` draws them).
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None) -> None:
                 k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 4))
                 for k, v in r.items() if k not in ("attack", "model")}
         write_json(json_path, nested)
+
+
+HISTORY_COLUMNS = ["epoch", "loss", "train_acc", "lr", "c_acc", "asr", "ra"]
+
+
+def write_history(sidecar, csv_path) -> pd.DataFrame:
+    """The per-epoch history of one model's sidecar as a CSV with fixed columns (empty cells where a
+    value was not measured: test metrics only every ``eval_every`` epochs, none for defenses)."""
+    hist = read_json(sidecar).get("history") or []
+    df = pd.DataFrame.from_records(hist, columns=HISTORY_COLUMNS)
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    return df
 
 
 def _savefig(fig, path) -> None:

@@ -149,12 +149,16 @@ def reactivate(params: dict, *, dataset: str, trigger: str, model: str, result: 
 
 
 def report(params: dict, *, rows: list[dict], dataset: str, triggers: dict, table_csv: str, table_md: str,
-           table_json: str, fig_bec: str, fig_reactivation: str, fig_triggers: str) -> None:
-    """Tidy table and the paper-style figures."""
+           table_json: str, fig_bec: str, fig_reactivation: str, fig_triggers: str,
+           histories: dict | None = None) -> None:
+    """Tidy table, the paper-style figures and per-model training histories (``histories``: CSV path ->
+    model sidecar)."""
     from . import report as rep
 
     df = rep.build_table(rows, params)
     rep.write_table(df, table_csv, table_md, table_json)
+    for csv_path, model_json in (histories or {}).items():
+        rep.write_history(model_json, csv_path)
     rep.figure_bec_vs_asr(df, fig_bec)
     rep.figure_reactivation(df, fig_reactivation)
     sets = load_dataset(dataset)

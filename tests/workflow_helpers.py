@@ -1,0 +1,94 @@
+"""Helpers for tests that run the Snakemake workflow (or DVC) in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # snakemake, dvc and dormant of the environment running the tests
+
+
+def env() -> dict:
+    """The test environment with this interpreter's bin folder first on PATH (for dvc's and Slurm's jobs)."""
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    return e
+
+
+def copy_workflow(dest: Path, with_demo_data: bool = False) -> Path:
+    """A runnable copy of the workflow (Snakefile, params.yaml, dvc.yaml, workflow/, config/, profiles/,
+    tests/tiny.yaml as tiny.yaml) in ``dest``; ``with_demo_data`` adds data/cifar10-demo.tar.gz."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("Snakefile", "params.yaml", "dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / f, dest / f)
+    shutil.copy(REPO / "tests" / "tiny.yaml", dest / "tiny.yaml")
+    for d in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    if with_demo_data:
+        (dest / "data").mkdir(exist_ok=True)
+        shutil.copy(REPO / "data" / "cifar10-demo.tar.gz", dest / "data")
+    return dest
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run(cmd: list, cwd, check: bool = True, timeout: int = 900, **kw) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` in ``cwd``; with ``check`` a failure raises with the tail of its output."""
+    r = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       env=kw.pop("env", None) or env(), **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
+                             f"{r.stderr[-6000:]}")
+    return r
+
+
+def snakemake(cwd, *args, configfile: str | None = "tiny.yaml", check: bool = True, cores: int = 2,
+              timeout: int = 900) -> subprocess.CompletedProcess:
+    """Runs Snakemake in ``cwd`` (with ``configfile`` merged over params.yaml unless None)."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores)]
+    if configfile:
+        cmd += ["--configfile", configfile]
+    return run([*cmd, *args], cwd, check=check, timeout=timeout)
+
+
+def planned_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run (``snakemake -n``) plans, e.g. ("defend", "attack=badnets,
+    defense=ft"); rules without wildcards have "" as second element."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):\s*$", line)
+        if m:
+            if rule is not None:
+                jobs.add((rule, ""))
+            rule = m.group(1)
+            continue
+        m = re.match(r"^\s+wildcards: (.*)$", line)
+        if m and rule is not None:
+            jobs.add((rule, m.group(1).strip()))
+            rule = None
+        elif line.strip() == "" and rule is not None:
+            jobs.add((rule, ""))
+            rule = None
+    if rule is not None:
+        jobs.add((rule, ""))
+    return jobs
+
+
+def job_counts(out: str) -> dict:
+    """The 'Job stats' table of a Snakemake run or dry run as {rule: count}."""
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
