@@ -4,7 +4,10 @@ VENV   ?= .venv
 CORES  ?= all
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint dryrun-paper clean-results
+PROFILE ?= profiles/slurm
+PAPER  := --configfile config/paper.yaml --replace-workflow-config
+
+.PHONY: setup run test lint dryrun-paper restore cluster paper-cluster dryrun-paper-cluster
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +18,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -25,4 +28,21 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 dryrun-paper: setup
-	$(BIN)/snakemake -n --quiet rules --configfile config/paper.yaml --replace-workflow-config
+	$(BIN)/snakemake -n --quiet rules $(PAPER)
+
+# After a fresh clone: fetch the results of dvc.lock from the DVC remote and mark them current for
+# Snakemake (see workflow/scripts/dvc_restore.sh).
+restore: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" workflow/scripts/dvc_restore.sh
+
+# On a SLURM cluster (edit profiles/slurm/config.yaml first). Rerunning either target after an edit of
+# params.yaml or of the library resubmits only the jobs that it affects.
+paper-cluster: setup   ## the whole paper preset, one command
+	$(BIN)/snakemake --profile $(PROFILE) $(PAPER)
+
+cluster: setup         ## params.yaml's pipeline, then record the results in dvc.lock (then: dvc push)
+	$(BIN)/snakemake --profile $(PROFILE)
+	$(BIN)/dvc commit -f
+
+dryrun-paper-cluster: setup
+	$(BIN)/snakemake -n --quiet rules --profile $(PROFILE) $(PAPER)

@@ -185,3 +185,23 @@ def test_full_archive_overlay_dry_run(repo):
         pytest.skip(f"no archive at {SHARED_ARCHIVE}")
     r = snakemake(repo, "-n", "--quiet", "rules", configfile="config/full-archive.yaml")
     assert "train_backdoor" in r.stdout + r.stderr
+
+
+def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
+    """The cluster profile (not the rules) puts jobs that run a network on the GPU partition with one GPU;
+    memory and runtime stay the rule's own. Checked on the paper preset's dry run, without a cluster."""
+    r = snakemake(repo, "-n", "--profile", "profiles/slurm", "--replace-workflow-config",
+                  configfile="config/paper.yaml")
+    resources = {}
+    for block in (r.stdout + r.stderr).split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and res and rule.group(1) != "all":
+            resources.setdefault(rule.group(1), set()).add(res.group(1))
+    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate"}
+    assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report"}
+    for rule, values in resources.items():
+        for v in values:
+            assert ("gpu=1" in v) == (rule in network), (rule, v)
+            assert ("slurm_partition=gpu" in v) == (rule in network), (rule, v)
+    assert all("mem_mb=6000" in v and "runtime=720" in v for v in resources["train_backdoor"])

@@ -54,11 +54,12 @@ def run(cmd: list, cwd, check: bool = True, timeout: int = 900, **kw) -> subproc
 
 def snakemake(cwd, *args, configfile: str | None = "tiny.yaml", check: bool = True, cores: int = 2,
               timeout: int = 900) -> subprocess.CompletedProcess:
-    """Runs Snakemake in ``cwd`` (with ``configfile`` merged over params.yaml unless None)."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores)]
+    """Runs Snakemake in ``cwd`` (with ``configfile`` merged over params.yaml unless None). The configfile
+    goes last, since ``--configfile`` would swallow targets that follow it."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), *args]
     if configfile:
         cmd += ["--configfile", configfile]
-    return run([*cmd, *args], cwd, check=check, timeout=timeout)
+    return run(cmd, cwd, check=check, timeout=timeout)
 
 
 def planned_jobs(output: str) -> set[tuple[str, str]]:
