@@ -10,7 +10,7 @@ def test_every_stage_has_a_command_with_its_path_arguments():
                          "--backdoored", "b", "--clean", "c", "--bec", "o"])
     assert (args.stage, args.clean, args.bec) == ("bec", "c", "o")
     assert set(STAGES) == {"prepare-data", "clean-subset", "trigger", "train", "defend", "metrics", "bec",
-                           "reactivate", "report"}
+                           "reactivate", "observe", "report"}
 
 
 def test_prepare_data_runs_and_bad_input_exits_2_naming_the_file(tmp_path, capsys):

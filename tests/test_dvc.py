@@ -35,7 +35,8 @@ def origin(tmp_path_factory):
     base = tmp_path_factory.mktemp("dvc")
     o = copy_workflow(base / "origin", with_demo_data=True)
     cfg = yaml.safe_load((o / "tiny.yaml").read_text())
-    del cfg["attacks"]["blended"], cfg["defenses"]["ft_short"]
+    del cfg["attacks"]["blended"]
+    cfg["defenses"] = {"ft": cfg["defenses"]["ft"]}
     write_config(o / "params.yaml", cfg)
     run([*GIT, "init", "-q", "-b", "main"], o)
     run([*DVC, "init", "-q"], o)

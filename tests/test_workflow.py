@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from .workflow_helpers import copy_workflow, job_counts, planned_jobs, snakemake, write_config
+from .workflow_helpers import REPO, copy_workflow, job_counts, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
+TINY_DEFENSES = sorted(yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())["defenses"])
+TINY_MODELS = ["clean", "backdoor", *TINY_DEFENSES]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,10 @@ def test_every_artifact_exists_with_sidecar(workdir):
         assert (r / rel).is_file(), rel
     for a in cfg["attacks"]:
         assert (r / f"attacks/{a}/trigger.safetensors").is_file()
-        for m in ["backdoor", "ft", "ft_short"]:
+        for m in ["backdoor", *TINY_DEFENSES]:
             side = json.loads((r / f"models/{a}/{m}/model.json").read_text())
             assert side["seed"] == 0 and side["code_version"]["source_sha256"] and "config" in side
-        for m in ["clean", "backdoor", "ft", "ft_short"]:
+        for m in TINY_MODELS:
             for f in ["metrics.json", "bec.json", "reactivation.json", "delta.safetensors"]:
                 assert (r / f"analysis/{a}/{m}/{f}").is_file(), (a, m, f)
     subset = json.loads((r / "data/clean_subset.json").read_text())
@@ -48,8 +50,8 @@ def test_every_artifact_exists_with_sidecar(workdir):
 
 def test_table_rows_and_invariants(workdir):
     df = pd.read_csv(workdir / "results/tiny/report/table.csv")
-    assert len(df) == 8 and set(df["attack"]) == {"badnets", "blended"}
-    assert set(df["model"]) == {"clean", "backdoor", "ft", "ft_short"}
+    assert len(df) == 2 * len(TINY_MODELS) and set(df["attack"]) == {"badnets", "blended"}
+    assert set(df["model"]) == set(TINY_MODELS)
     assert {"c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_20", "bec_minmax", "asr_reactivated",
             "asr_guaa"} <= set(df.columns)
     bd = df[df.model == "backdoor"]
@@ -58,16 +60,16 @@ def test_table_rows_and_invariants(workdir):
     assert df[df.model == "clean"]["der"].isna().all()
     assert df[["c_acc", "asr", "ra", "asr_reactivated", "asr_guaa"]].stack().between(0, 100).all()
     md = (workdir / "results/tiny/report/table.md").read_text()
-    assert md.count("\n") == 10 and "| badnets | backdoor |" in md
-    # min-max BEC over each attack's two defenses: one of them is 0 and the other 1 by construction
-    mm = df[df.model.isin(["ft", "ft_short"])].groupby("attack")["bec_minmax"].agg(["min", "max"])
+    assert md.count("\n") == 2 + 2 * len(TINY_MODELS) and "| badnets | backdoor |" in md
+    # min-max BEC over each attack's defenses: the lowest is 0 and the highest 1 by construction
+    mm = df[df.model.isin(TINY_DEFENSES)].groupby("attack")["bec_minmax"].agg(["min", "max"])
     assert (mm["min"].abs() < 1e-9).all() and ((mm["max"] - 1).abs() < 1e-9).all()
 
 
 def test_training_histories_are_written_per_model(workdir):
     h = workdir / "results/tiny/report/history"
     assert sorted(p.name for p in h.iterdir()) == sorted(
-        ["clean.csv"] + [f"{a}_{m}.csv" for a in ("badnets", "blended") for m in ("backdoor", "ft", "ft_short")])
+        ["clean.csv"] + [f"{a}_{m}.csv" for a in ("badnets", "blended") for m in ("backdoor", *TINY_DEFENSES)])
     bd = pd.read_csv(h / "badnets_backdoor.csv")
     assert list(bd["epoch"]) == [1, 2, 3] and bd[["loss", "c_acc", "asr"]].notna().all().all()
     ft = pd.read_csv(h / "badnets_ft_short.csv")
@@ -104,8 +106,8 @@ def _downstream(attack, model):
 
 
 def test_changing_one_defense_reruns_only_that_defense(workdir):
-    """A hyper-parameter of ft: ft of every attack and its analyses rerun; ft_short, the models and the
-    other analyses do not."""
+    """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models
+    and the other analyses do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
     expected = {("report", "")}
     for a in ("badnets", "blended"):
@@ -116,8 +118,9 @@ def test_changing_one_defense_reruns_only_that_defense(workdir):
 def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
     expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", "")}
-    expected |= {("defend", f"attack=blended, defense={d}") for d in ("ft", "ft_short")}
-    for m in ("clean", "backdoor", "ft", "ft_short"):  # the clean model is re-measured under the new trigger
+    expected |= {("defend", f"attack=blended, defense={d}") for d in TINY_DEFENSES}
+    expected |= {("observe", f"attack=blended, model={m}") for m in ("clean", "backdoor")}
+    for m in TINY_MODELS:  # the clean model is re-measured under the new trigger
         expected |= _downstream("blended", m)
     assert jobs == expected
 
@@ -134,7 +137,7 @@ def test_changing_library_code_reruns_what_depends_on_it(workdir):
         src.write_text(original)
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
     expected = {("report", "")} | {("bec", f"attack={a}, model={m}") for a in ("badnets", "blended")
-                                   for m in ("clean", "backdoor", "ft", "ft_short")}
+                                   for m in TINY_MODELS}
     assert jobs == expected
 
 
@@ -165,17 +168,18 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
 
 
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
-    """The paper grid: 1 clean + 2 backdoored models, 2 FT, 3 models x 2 attacks analysed; params.yaml's
-    entries must not leak in (here an extra attack is added to params.yaml)."""
+    """The paper grid: 1 clean + 2 backdoored models, 3 defenses (FT, AFT, PBE) x 2 attacks, 5 models x 2
+    attacks analysed, PBE's observation for 2 models x 2 attacks; params.yaml's entries must not leak in
+    (here an extra attack is added to params.yaml)."""
     copy_workflow(tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     r = snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
     c = job_counts(r.stdout + r.stderr)
-    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 2, c
-    assert c["metrics"] == c["bec"] == c["reactivate"] == 6 and c["report"] == 1, c
-    assert "results/paper/models/badnets/ft/model.safetensors" in r.stdout + r.stderr
+    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 6, c
+    assert c["metrics"] == c["bec"] == c["reactivate"] == 10 and c["observe"] == 4 and c["report"] == 1, c
+    assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
 
 
 def test_full_archive_overlay_dry_run(repo):
@@ -198,7 +202,7 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if rule and res and rule.group(1) != "all":
             resources.setdefault(rule.group(1), set()).add(res.group(1))
-    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate"}
+    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report"}
     for rule, values in resources.items():
         for v in values:

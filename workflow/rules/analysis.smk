@@ -77,3 +77,27 @@ rule reactivate:
         "dormant --threads {threads} reactivate --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --model {input.model:q} --result {output.result:q} "
         "--delta {output.delta:q} > {log:q} 2>&1"
+
+
+rule observe:
+    output:
+        f"{ANALYSIS}/observation.json",
+    input:
+        data=DATASET,
+        trigger=TRIGGER,
+        model=analysed_model,
+        code=lib("observation.py", "adversarial.py"),
+    params:
+        p=lambda w: as_json({"observation": config["observation"], "seed": config["seed"]}),
+    log:
+        f"{LOGS}/observe_{{attack}}_{{model}}.log",
+    conda:
+        "../envs/dormant.yaml"
+    wildcard_constraints:
+        model="|".join(OBSERVED),
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "dormant observe --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
+        "--model {input.model:q} --observation {output:q} > {log:q} 2>&1"

@@ -4,6 +4,7 @@ import os
 import sys
 
 from dormant.config import validate as _validate
+from dormant.defenses import DEFENSES as _DEFENSE_TYPES
 from dormant.errors import ConfigError as _ConfigError
 
 try:
@@ -18,6 +19,7 @@ RESUME = f"resume/{config['name']}"
 ATTACKS = sorted(config["attacks"])
 DEFENSES = sorted(config["defenses"])
 MODELS = ["clean", "backdoor"] + DEFENSES  # one table row per (attack, model)
+OBSERVED = ["clean", "backdoor"]  # models of PBE's observation stage
 envvars:
     "PATH",
 
@@ -36,6 +38,11 @@ wildcard_constraints:
 def lib(*modules):
     """Library files a rule depends on, so that a change to them reruns it."""
     return [f"workflow/lib/dormant/{m}" for m in modules]
+
+
+def defense_code(defense_type):
+    """A defense's own module plus the library files it declares (``code_deps``)."""
+    return lib(f"defenses/{defense_type}.py", *_DEFENSE_TYPES.get(defense_type).code_deps)
 
 
 def as_json(obj):

@@ -65,10 +65,11 @@ rule defend:
     input:
         data=DATASET,
         subset=SUBSET,
+        trigger=TRIGGER,
         backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
         code=TRAIN_LIB,
         code_defense=lib("defenses/__init__.py", "defenses/base.py"),
-        code_type=lambda w: lib(f"defenses/{config['defenses'][w.defense]['type']}.py"),
+        code_type=lambda w: defense_code(config["defenses"][w.defense]["type"]),
     params:
         p=lambda w: as_json({"defense": config["defenses"][w.defense], "seed": config["seed"]}),
         ckpt=f"{RESUME}/{{attack}}_{{defense}}.safetensors",
@@ -84,4 +85,5 @@ rule defend:
         runtime=720,
     shell:
         "dormant --threads {threads} defend --params {params.p:q} --dataset {input.data:q} --subset {input.subset:q} "
+        "--trigger {input.trigger:q} "
         "--backdoored {input.backdoored:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"

@@ -15,6 +15,11 @@ ROWS = [
 HISTORIES = {f"{R}/report/history/clean.csv": f"{R}/models/clean/model.json"} | {
     f"{R}/report/history/{a}_{m}.csv": f"{R}/models/{a}/{m}/model.json" for a in ATTACKS for m in MODELS[1:]
 }
+# PBE's observation (clean and backdoored model per attack) and per-round records of defenses that have them.
+OBSERVATIONS = {f"{R}/analysis/{a}/{m}/observation.json": {"attack": a, "model": m} for a in ATTACKS for m in OBSERVED}
+DEFENSE_SIDECARS = {
+    f"{R}/models/{a}/{d}/model.json": {"attack": a, "defense": d} for a in ATTACKS for d in DEFENSES
+}
 REPORT_FILES = [
     f"{R}/report/table.csv",
     f"{R}/report/table.md",
@@ -22,6 +27,10 @@ REPORT_FILES = [
     f"{R}/report/bec_vs_asr.png",
     f"{R}/report/reactivation.png",
     f"{R}/report/triggers.png",
+    f"{R}/report/observation.csv",
+    f"{R}/report/observation.png",
+    f"{R}/report/pbe_rounds.csv",
+    f"{R}/report/pbe_rounds.png",
     *HISTORIES,
 ]
 
@@ -34,6 +43,10 @@ rule report:
         fig_bec=report(f"{R}/report/bec_vs_asr.png", caption="../report/bec_vs_asr.rst", category="Figures"),
         fig_ra=report(f"{R}/report/reactivation.png", caption="../report/reactivation.rst", category="Figures"),
         fig_trig=report(f"{R}/report/triggers.png", caption="../report/triggers.rst", category="Figures"),
+        obs_csv=report(f"{R}/report/observation.csv", caption="../report/observation.rst", category="Tables"),
+        fig_obs=report(f"{R}/report/observation.png", caption="../report/observation.rst", category="Figures"),
+        rounds_csv=report(f"{R}/report/pbe_rounds.csv", caption="../report/pbe_rounds.rst", category="Tables"),
+        fig_rounds=report(f"{R}/report/pbe_rounds.png", caption="../report/pbe_rounds.rst", category="Figures"),
         histories=report(
             list(HISTORIES),
             caption="../report/history.rst",
@@ -44,12 +57,15 @@ rule report:
         data=DATASET,
         triggers=expand(TRIGGER, attack=ATTACKS),
         sidecars=list(HISTORIES.values()),
+        observations=list(OBSERVATIONS),
         code=lib("report.py"),
     params:
         p=lambda w: as_json({"report": config["report"], "seed": config["seed"]}),
         rows=as_json(ROWS),
         triggers=as_json({a: f"{R}/attacks/{a}/trigger.safetensors" for a in ATTACKS}),
         histories=as_json(HISTORIES),
+        observations=as_json(OBSERVATIONS),
+        defenses=as_json(DEFENSE_SIDECARS),
     log:
         f"{LOGS}/report.log",
     conda:
@@ -61,5 +77,7 @@ rule report:
         "dormant report --params {params.p:q} --rows {params.rows:q} --dataset {input.data:q} "
         "--triggers {params.triggers:q} --table-csv {output.csv:q} --table-md {output.md:q} --table-json {output.json:q} "
         "--fig-bec {output.fig_bec:q} --fig-reactivation {output.fig_ra:q} --fig-triggers {output.fig_trig:q} "
-        "--histories {params.histories:q} "
+        "--histories {params.histories:q} --observations {params.observations:q} --defenses {params.defenses:q} "
+        "--observation-csv {output.obs_csv:q} --fig-observation {output.fig_obs:q} "
+        "--rounds-csv {output.rounds_csv:q} --fig-rounds {output.fig_rounds:q} "
         "> {log:q} 2>&1"

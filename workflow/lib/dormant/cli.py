@@ -23,10 +23,11 @@ STAGES = {
     "defend": stages.defend,
     "metrics": stages.measure,
     "bec": stages.existence,
+    "observe": stages.observe,
     "reactivate": stages.reactivate,
     "report": stages.report,
 }
-JSON_ARGS = {"rows", "triggers", "histories"}
+JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,3 +164,71 @@ def figure_trigger_gallery(test, attacks: dict, path, n: int = 3, seed: int = 0)
             axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("Triggers", fontsize=9)
     _savefig(fig, path)
+
+
+OBSERVATION_COLUMNS = ["attack", "model", "n_images", "adv_success", "adv_to_target", "cos_adv_trigger",
+                       "cos_clean_trigger"]
+
+
+def observation_table(observations: dict) -> pd.DataFrame:
+    """observations: path of an observation JSON -> {"attack", "model"}."""
+    recs = [{**who, **read_json(path)["metrics"]} for path, who in observations.items()]
+    return pd.DataFrame.from_records(recs, columns=[*OBSERVATION_COLUMNS, "target", "matrix_percent"])
+
+
+def figure_observation(df: pd.DataFrame, path) -> None:
+    """PBE's observation: where untargeted adversarial examples land (rows: true label, columns: label of the
+    adversarial example, percent of the row), clean vs. backdoored model, per attack."""
+    attacks = sorted(df["attack"].unique())
+    models = ["clean", "backdoor"]
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(6.4, 3.0 * len(attacks)), squeeze=False)
+    for i, a in enumerate(attacks):
+        for j, m in enumerate(models):
+            ax = axes[i, j]
+            row = df[(df["attack"] == a) & (df["model"] == m)]
+            if row.empty:
+                ax.set_axis_off()
+                continue
+            r = row.iloc[0]
+            im = ax.imshow(r["matrix_percent"], vmin=0, vmax=100, cmap="magma")
+            ax.set_title(f"{a} / {m}: {r['adv_to_target']:.0f}% to target {r['target']}", fontsize=8)
+            ax.set_xlabel("adversarial label", fontsize=7)
+            ax.set_ylabel("true label", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="% of the true label's images")
+    fig.suptitle("Untargeted adversarial examples of a backdoored model land on the target", fontsize=9)
+    _savefig(fig, path)
+
+
+ROUND_COLUMNS = ["attack", "defense", "round", "selected", "fraction", "precision", "poisoned_selected", "c_acc",
+                 "asr", "ra", "loss", "train_acc"]
+
+
+def rounds_table(sidecars: dict) -> pd.DataFrame:
+    """Per-round records of progressive defenses (PBE): sidecar path -> {"attack", "defense"}; defenses
+    without rounds contribute nothing."""
+    recs = []
+    for path, who in sidecars.items():
+        for r in read_json(path).get("rounds") or []:
+            recs.append({**who, **r})
+    return pd.DataFrame.from_records(recs, columns=ROUND_COLUMNS)
+
+
+def figure_rounds(df: pd.DataFrame, path) -> None:
+    """PBE per round: C-ACC and ASR after the round, precision of the subset it fine-tuned on."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if df.empty:
+        ax.text(0.5, 0.5, "no progressive defense in this config", ha="center", va="center")
+        ax.set_axis_off()
+    for i, ((a, d), grp) in enumerate(df.groupby(["attack", "defense"])):
+        c = plt.cm.tab10(i % 10)
+        ax.plot(grp["round"], grp["asr"], "-o", color=c, label=f"{a}/{d} ASR")
+        ax.plot(grp["round"], grp["c_acc"], "--s", color=c, label=f"{a}/{d} C-ACC")
+        ax.plot(grp["round"], grp["precision"], ":^", color=c, label=f"{a}/{d} precision")
+    if not df.empty:
+        ax.set_xlabel("round")
+        ax.set_ylabel("%")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Progressive Backdoor Erasing, per round")
+    _savefig(fig, path)

@@ -18,7 +18,7 @@ from .attacks import create_attack, load_attack, save_attack
 from .checkpoints import load_model, save_model
 from .data import load_dataset, load_source, save_dataset
 from .defenses import build_defense
-from .io import read_json, save_tensors, sidecar, write_json
+from .io import atomic_path, read_json, save_tensors, sidecar, write_json
 from .metrics import defense_effectiveness_rate, evaluate
 from .models import build_model
 from .reactivation import run_reactivation
@@ -88,18 +88,36 @@ def train_model(params: dict, *, dataset: str, model: str, trigger: str | None =
     log.info("final metrics %s", metrics)
 
 
-def defend(params: dict, *, dataset: str, subset: str, backdoored: str, model: str,
+def defend(params: dict, *, dataset: str, subset: str, trigger: str, backdoored: str, model: str,
            checkpoint: str | None = None, device="cpu") -> None:
-    """Applies one defense to the backdoored model with only the clean subset (never test data)."""
+    """Applies one defense to the backdoored model with only the data its ``data_access`` names: the clean
+    subset, or (PBE) the poisoned training set. Test data and the poison index reach it only through
+    history-only observers (``monitor``: test C-ACC/ASR/RA; ``audit``: share of truly clean images)."""
     sets = load_dataset(dataset, device)
-    idx = torch.tensor(read_json(subset)["indices"], dtype=torch.long)
-    clean = sets["train"].subset(idx)
-    net = load_model(backdoored, device)
+    atk = load_attack(trigger, device)
     defense = build_defense(params["defense"])
-    net, info = defense.run(net, clean, seed=params["seed"], checkpoint=checkpoint)
+    net = load_model(backdoored, device)
+    audit = None
+    if defense.data_access == "poisoned_train":
+        data = atk.poisoned_trainset(sets["train"])
+        is_poison = atk.poison_mask(len(data), device=data.x.device)
+
+        def audit(selected):
+            bad = int(is_poison[selected.to(is_poison.device)].sum())
+            return {"precision": 100.0 * (len(selected) - bad) / max(1, len(selected)), "poisoned_selected": bad}
+
+        n_data = len(data)
+    else:
+        idx = torch.tensor(read_json(subset)["indices"], dtype=torch.long)
+        data = sets["train"].subset(idx)
+        n_data = len(idx)
+    test = sets["test"]
+    net, info = defense.run(net, data, seed=params["seed"], checkpoint=checkpoint,
+                            monitor=lambda m: evaluate(m, test, atk), audit=audit)
     src = read_json(_json_sidecar(backdoored))["model"]
     save_model(net, model, arch=src["arch"], num_classes=src["num_classes"], config=params, seed=params["seed"],
-               n_clean=len(idx), **info)
+               n_clean=n_data if defense.data_access == "clean_subset" else 0, data_access=defense.data_access,
+               n_data=n_data, **info)
 
 
 def measure(params: dict, *, dataset: str, trigger: str, model: str, backdoored: str, metrics: str,
@@ -118,6 +136,18 @@ def measure(params: dict, *, dataset: str, trigger: str, model: str, backdoored:
         m["der"] = defense_effectiveness_rate(ref["c_acc"], ref["asr"], m["c_acc"], m["asr"])
     m["backdoored_c_acc"], m["backdoored_asr"] = ref["c_acc"], ref["asr"]
     write_json(metrics, sidecar(params, params["seed"], m))
+
+
+def observe(params: dict, *, dataset: str, trigger: str, model: str, observation: str, device="cpu") -> None:
+    """PBE's observation for one model: where its untargeted adversarial examples land, and how close their
+    features are to triggered images (methods.md section 8)."""
+    from .observation import observe as run_observation
+
+    cfg = params["observation"]
+    res = run_observation(load_model(model, device), load_dataset(dataset, device)["test"],
+                          load_attack(trigger, device), n_images=cfg["n_images"], eps=cfg["eps"],
+                          step=cfg["step"], steps=cfg["steps"], seed=params["seed"], batch_size=cfg["batch_size"])
+    write_json(observation, sidecar(params, params["seed"], res))
 
 
 def existence(params: dict, *, dataset: str, trigger: str, model: str, backdoored: str, clean: str, bec: str,
@@ -150,13 +180,28 @@ def reactivate(params: dict, *, dataset: str, trigger: str, model: str, result: 
 
 def report(params: dict, *, rows: list[dict], dataset: str, triggers: dict, table_csv: str, table_md: str,
            table_json: str, fig_bec: str, fig_reactivation: str, fig_triggers: str,
-           histories: dict | None = None) -> None:
-    """Tidy table, the paper-style figures and per-model training histories (``histories``: CSV path ->
-    model sidecar)."""
+           histories: dict | None = None, observations: dict | None = None, observation_csv: str | None = None,
+           fig_observation: str | None = None, defenses: dict | None = None, rounds_csv: str | None = None,
+           fig_rounds: str | None = None) -> None:
+    """Tidy table, the paper-style figures, per-model training histories (``histories``: CSV path -> model
+    sidecar), PBE's observation (``observations``: JSON path -> attack/model) and per-round records of
+    progressive defenses (``defenses``: model sidecar -> attack/defense)."""
     from . import report as rep
 
     df = rep.build_table(rows, params)
     rep.write_table(df, table_csv, table_md, table_json)
+    if observations is not None and observation_csv:
+        obs = rep.observation_table(observations)
+        with atomic_path(observation_csv) as tmp:
+            obs[rep.OBSERVATION_COLUMNS].to_csv(tmp, index=False, float_format="%.4f")
+        if fig_observation:
+            rep.figure_observation(obs, fig_observation)
+    if defenses is not None and rounds_csv:
+        rounds = rep.rounds_table(defenses)
+        with atomic_path(rounds_csv) as tmp:
+            rounds.to_csv(tmp, index=False, float_format="%.4f")
+        if fig_rounds:
+            rep.figure_rounds(rounds, fig_rounds)
     for csv_path, model_json in (histories or {}).items():
         rep.write_history(model_json, csv_path)
     rep.figure_bec_vs_asr(df, fig_bec)

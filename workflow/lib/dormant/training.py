@@ -104,12 +104,15 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     extra_loss: Callable | None = None,
+    batch_transform: Callable | None = None,
     desc: str = "train",
 ) -> list[dict]:
     """Trains ``model`` in place on ``data`` (an ImageSet on the model's device); returns per-epoch history.
 
     ``poison_mask`` (bool, one per training image) marks the samples ``attack.poison_batch`` poisons.
     ``extra_loss(model, logits, x, y)`` adds a term (used by regularised defenses).
+    ``batch_transform(model, x, y, generator) -> x`` replaces each (augmented) batch before the step, e.g.
+    by its adversarial examples (adversarial fine-tuning).
     """
     cfg = {**DEFAULTS, **cfg}
     device = next(model.parameters()).device
@@ -145,6 +148,9 @@ def train(
                 x, y = attack.poison_batch(x, y, is_p, g)
             if cfg["augment"]:
                 x = random_crop_flip(x, cfg["crop_padding"], g)
+            if batch_transform is not None:
+                x = batch_transform(model, x, y, g)
+                model.train()
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):

@@ -82,6 +82,23 @@ class Attack:
                 y = torch.where(is_poison, torch.full_like(y, self.target), y)
         return x, y
 
+    @torch.no_grad()
+    def poisoned_trainset(self, train, batch_size: int = 1000):
+        """The poisoned training set as the attacker releases it (for defenses without clean data, e.g.
+        PBE): uint8 images with the trigger applied on the poison index (rounded to 8 bits like any saved
+        image), dirty labels set to the target. Training-controlled attacks override this."""
+        from ..augment import to_float
+        from ..data import ImageSet
+
+        x, y = train.x.clone(), train.y.clone()
+        idx = self.poison_index.to(x.device)
+        for i in range(0, len(idx), batch_size):
+            b = idx[i : i + batch_size]
+            x[b] = (self.apply(to_float(x[b])).clamp(0, 1) * 255).round().to(torch.uint8)
+        if not self.clean_label:
+            y[idx] = self.target
+        return ImageSet(x, y, train.classes)
+
     # ---- test time --------------------------------------------------------------------
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -8,7 +8,7 @@ from ..registry import Registry
 DEFENSES: Registry[type] = Registry("defense")
 
 from .base import Defense  # noqa: E402
-from . import ft  # noqa: E402,F401  (registration side effects)
+from . import aft, ft, pbe  # noqa: E402,F401  (registration side effects)
 
 
 def build_defense(cfg: dict) -> Defense:

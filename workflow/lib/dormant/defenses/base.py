@@ -1,8 +1,16 @@
 """The defense interface (methods.md section 5).
 
 A defense takes a (possibly backdoored) model and the defender's data and returns a model of the same
-architecture. It never sees test data: the stage hands it only ``clean`` -- the clean subset named in
-params (5% of the training set by default, one saved index shared by every defense of a run).
+architecture. It never sees test data. ``data_access`` says which data the stage hands it:
+
+* ``"clean_subset"`` (default): the clean subset named in params (5% of the training set by default, one
+  saved index shared by every defense of a run);
+* ``"poisoned_train"``: the whole poisoned training set as the attacker released it (uint8 images with the
+  trigger, dirty labels), and no clean data (PBE).
+
+The stage may also pass observers whose results only go into the history: ``monitor(model) -> dict``
+(test-set C-ACC/ASR) and ``audit(selected_indices) -> dict`` (how many selected images are truly clean,
+known to the pipeline from the poison index). A defense must never let them influence its decisions.
 """
 
 from __future__ import annotations
@@ -13,9 +21,16 @@ import torch
 class Defense:
     """Subclasses implement :meth:`run`. ``cfg`` is the defense's params.yaml entry."""
 
+    data_access = "clean_subset"
+    #: library files (relative to the package) this defense imports besides its own module and the training
+    #: code, so that the workflow reruns it when they change
+    code_deps: tuple[str, ...] = ()
+
     def __init__(self, cfg: dict):
         self.cfg = dict(cfg)
 
-    def run(self, model: torch.nn.Module, clean, *, seed: int, checkpoint=None) -> tuple[torch.nn.Module, dict]:
-        """Returns (defended model, info dict for the sidecar). ``checkpoint``: resumable state file."""
+    def run(self, model: torch.nn.Module, data, *, seed: int, checkpoint=None, monitor=None,
+            audit=None) -> tuple[torch.nn.Module, dict]:
+        """Returns (defended model, info dict for the sidecar). ``data`` is what ``data_access`` names;
+        ``checkpoint``: resumable state file; ``monitor``/``audit``: history-only observers (see above)."""
         raise NotImplementedError

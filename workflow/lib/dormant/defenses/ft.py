@@ -13,7 +13,7 @@ from .base import Defense
 
 @DEFENSES.register("ft")
 class FineTuning(Defense):
-    def run(self, model, clean, *, seed, checkpoint=None):
+    def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
         cfg = {k: v for k, v in self.cfg.items() if k in training.DEFAULTS}
         history = training.train(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="ft")
         return model, {"history": history, "changed": True}

@@ -1,0 +1,34 @@
+"""AFT: adversarial fine-tuning on the defender's clean subset (Mu et al., CVPR 2023, the variant with
+clean extra data; methods.md section 8).
+
+One pass of fine-tuning on untargeted PGD adversarial examples of the clean subset with their true labels:
+SGD lr 1e-3, momentum 0.9, weight decay 5e-4, batch 128, 10 epochs, constant learning rate, PGD L-inf 6/255,
+step 1.2/255, 7 steps with the model in eval mode. All settings come from params.yaml.
+"""
+
+from __future__ import annotations
+
+from .. import training
+from ..adversarial import PGD_DEFAULTS, pgd_transform
+from . import DEFENSES
+from .base import Defense
+
+ADV_FT_DEFAULTS = {"epochs": 10, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
+                   "schedule": "constant", "augment": False, **PGD_DEFAULTS}
+
+
+def adversarial_finetune(model, data, cfg: dict, *, seed: int, checkpoint=None, desc: str = "aft") -> list[dict]:
+    """Fine-tunes ``model`` in place on PGD examples of ``data`` (labels as given); returns the history."""
+    cfg = {**ADV_FT_DEFAULTS, **cfg}
+    train_cfg = {k: v for k, v in cfg.items() if k in training.DEFAULTS or k in PGD_DEFAULTS}
+    return training.train(model, data, train_cfg, seed=seed, checkpoint=checkpoint,
+                          batch_transform=pgd_transform(cfg), desc=desc)
+
+
+@DEFENSES.register("aft")
+class AdversarialFineTuning(Defense):
+    code_deps = ("adversarial.py",)
+    def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
+        cfg = {k: v for k, v in self.cfg.items() if k != "type"}
+        history = adversarial_finetune(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="aft")
+        return model, {"history": history, "changed": True}
