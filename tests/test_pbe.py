@@ -103,6 +103,9 @@ def test_pbe_selection_grows_as_configured_and_never_depends_on_the_poison_index
     assert [r["selected"] for r in rounds] == [round(f * n) for f in (0.1, 0.3, 0.6)]
     assert [r["precision"] for r in rounds] != [r["precision"] for r in runs["fake"][1]["rounds"]]
     assert all(0 <= r["precision"] <= 100 for r in rounds)
+    # the random first subset is independent of the attack's poison selection (both draw from the seed):
+    # about (1 - ratio) of it is clean, not 0% as when it replayed the poison permutation
+    assert rounds[0]["precision"] > 60
     # per-epoch history: 1 epoch per round, numbered across rounds, the round's record on its last epoch
     hist = runs["truth"][1]["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3] and [h["round"] for h in hist] == [1, 2, 3]

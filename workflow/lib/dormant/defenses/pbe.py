@@ -16,6 +16,7 @@ seen only by the stage's ``audit`` observer, for the precision column of the his
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -50,6 +51,14 @@ def select_top(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return order[:k].sort().values
 
 
+def init_generator(seed: int) -> torch.Generator:
+    """The generator of the initial random subset: a stream of its own. Seeding it with the run's seed
+    directly would replay the attack's poison selection (also ``randperm(N)`` from ``seed``), so the first
+    subset would be exactly the poisoned images."""
+    digest = hashlib.sha256(f"{seed}:pbe:initial-subset".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def _round_checkpoint(checkpoint, r: int):
     if checkpoint is None:
         return None
@@ -77,8 +86,7 @@ class ProgressiveBackdoorErasing(Defense):
     def run(self, model, data, *, seed, checkpoint=None, monitor=None, audit=None):
         c, n = self.c, len(data)
         z0 = logits_of(model, data.x)
-        g = torch.Generator().manual_seed(seed)
-        selected = torch.randperm(n, generator=g)[: max(1, int(round(c["init_fraction"] * n)))].sort().values
+        selected = torch.randperm(n, generator=init_generator(seed))[: max(1, int(round(c["init_fraction"] * n)))].sort().values
         history, rounds = [], []
         ft_cfg = {k: v for k, v in c.items() if k in ADV_FT_DEFAULTS}
         for r in range(1, c["rounds"] + 1):
