@@ -196,7 +196,7 @@ def figure_observation(df: pd.DataFrame, path) -> None:
             ax.set_ylabel("true label", fontsize=7)
             ax.tick_params(labelsize=6)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="% of the true label's images")
-    fig.suptitle("Untargeted adversarial examples of a backdoored model land on the target", fontsize=9)
+    fig.suptitle("Where untargeted adversarial examples land: clean vs. backdoored model", fontsize=9)
     _savefig(fig, path)
 
 
@@ -226,6 +226,7 @@ def figure_rounds(df: pd.DataFrame, path) -> None:
         ax.plot(grp["round"], grp["c_acc"], "--s", color=c, label=f"{a}/{d} C-ACC")
         ax.plot(grp["round"], grp["precision"], ":^", color=c, label=f"{a}/{d} precision")
     if not df.empty:
+        ax.set_xticks(sorted(df["round"].unique()))
         ax.set_xlabel("round")
         ax.set_ylabel("%")
         ax.set_ylim(-3, 103)

@@ -86,7 +86,8 @@ class ProgressiveBackdoorErasing(Defense):
     def run(self, model, data, *, seed, checkpoint=None, monitor=None, audit=None):
         c, n = self.c, len(data)
         z0 = logits_of(model, data.x)
-        selected = torch.randperm(n, generator=init_generator(seed))[: max(1, int(round(c["init_fraction"] * n)))].sort().values
+        k0 = max(1, int(round(c["init_fraction"] * n)))
+        selected = torch.randperm(n, generator=init_generator(seed))[:k0].sort().values
         history, rounds = [], []
         ft_cfg = {k: v for k, v in c.items() if k in ADV_FT_DEFAULTS}
         for r in range(1, c["rounds"] + 1):
