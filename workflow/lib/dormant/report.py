@@ -65,10 +65,15 @@ def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_csv(df: pd.DataFrame, path) -> None:
+    """Every CSV of the report: atomic, no index, 4 decimals."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
 def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None) -> None:
     """CSV (for pandas and DVC plots), Markdown (for people) and nested JSON (for ``dvc metrics``)."""
-    with atomic_path(csv_path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(df, csv_path)
     write_text(md_path, to_markdown(df))
     if json_path is not None:
         nested: dict = {}
@@ -87,8 +92,7 @@ def write_history(sidecar, csv_path) -> pd.DataFrame:
     value was not measured: test metrics only every ``eval_every`` epochs, none for defenses)."""
     hist = read_json(sidecar).get("history") or []
     df = pd.DataFrame.from_records(hist, columns=HISTORY_COLUMNS)
-    with atomic_path(csv_path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(df, csv_path)
     return df
 
 

@@ -18,7 +18,7 @@ from .attacks import create_attack, load_attack, save_attack
 from .checkpoints import load_model, save_model
 from .data import load_dataset, load_source, save_dataset
 from .defenses import build_defense
-from .io import atomic_path, read_json, save_tensors, sidecar, write_json
+from .io import read_json, save_tensors, sidecar, write_json
 from .metrics import defense_effectiveness_rate, evaluate
 from .models import build_model
 from .reactivation import run_reactivation
@@ -192,14 +192,12 @@ def report(params: dict, *, rows: list[dict], dataset: str, triggers: dict, tabl
     rep.write_table(df, table_csv, table_md, table_json)
     if observations is not None and observation_csv:
         obs = rep.observation_table(observations)
-        with atomic_path(observation_csv) as tmp:
-            obs[rep.OBSERVATION_COLUMNS].to_csv(tmp, index=False, float_format="%.4f")
+        rep.write_csv(obs[rep.OBSERVATION_COLUMNS], observation_csv)
         if fig_observation:
             rep.figure_observation(obs, fig_observation)
     if defenses is not None and rounds_csv:
         rounds = rep.rounds_table(defenses)
-        with atomic_path(rounds_csv) as tmp:
-            rounds.to_csv(tmp, index=False, float_format="%.4f")
+        rep.write_csv(rounds, rounds_csv)
         if fig_rounds:
             rep.figure_rounds(rounds, fig_rounds)
     for csv_path, model_json in (histories or {}).items():
