@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/blackbox.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -26,7 +26,7 @@ def test_paper_preset(repo):
 
 def test_schema_enums_match_registries():
     s = config.load_schema()
-    assert sorted(s["properties"]["model"]["properties"]["arch"]["enum"]) == MODELS.names()
+    assert sorted(s["definitions"]["arch"]["enum"]) == MODELS.names()
     assert sorted(s["properties"]["attacks"]["additionalProperties"]["properties"]["type"]["enum"]) == ATTACKS.names()
     assert sorted(s["properties"]["defenses"]["additionalProperties"]["properties"]["type"]["enum"]) == DEFENSES.names()
 

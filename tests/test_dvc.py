@@ -37,6 +37,7 @@ def origin(tmp_path_factory):
     cfg = yaml.safe_load((o / "tiny.yaml").read_text())
     del cfg["attacks"]["blended"]
     cfg["defenses"] = {"ft": cfg["defenses"]["ft"]}
+    cfg["transfer"]["surrogates"] = {"same_arch": {"arch": "cnn_tiny", "defenses": ["ft"]}}
     write_config(o / "params.yaml", cfg)
     run([*GIT, "init", "-q", "-b", "main"], o)
     run([*DVC, "init", "-q"], o)

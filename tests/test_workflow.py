@@ -84,7 +84,8 @@ def test_html_report_is_self_contained_with_captions(workdir):
     results, _ = json.JSONDecoder().raw_decode(html[start:])
     r = "results/tiny/report"
     expected = {f"{r}/table.csv", f"{r}/bec_vs_asr.png", f"{r}/reactivation.png", f"{r}/triggers.png",
-                f"{r}/history/clean.csv", f"{r}/history/blended_ft_short.csv"}
+                f"{r}/history/clean.csv", f"{r}/history/blended_ft_short.csv", f"{r}/blackbox.csv",
+                f"{r}/evidence.png", f"{r}/transfer.png", f"{r}/query.png"}
     assert expected <= set(results), sorted(results)
     for path, entry in results.items():
         assert len(entry["caption"]) > 80, path  # every item carries its caption
@@ -101,24 +102,44 @@ def _dry_run_with(workdir, name, edit) -> set:
     return {j for j in planned_jobs(r.stdout + r.stderr) if j[0] != "all"}
 
 
+TINY_SURROGATES = yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())["transfer"]["surrogates"]
+
+
 def _downstream(attack, model):
-    return {(rule, f"attack={attack}, model={model}") for rule in ("metrics", "bec", "reactivate")}
+    rules = ["metrics", "bec", "reactivate", "query", "transfer_evaluate"] + (["evidence"] if model != "clean" else [])
+    return {(rule, f"attack={attack}, model={model}") for rule in rules}
+
+
+def _transfer(attack, surrogate):
+    """A surrogate set's delta changes: it is re-optimised and re-evaluated on every target model."""
+    return ({("transfer_optimise", f"attack={attack}, surrogate={surrogate}")}
+            | {("transfer_evaluate", f"attack={attack}, model={m}") for m in TINY_MODELS})
 
 
 def test_changing_one_defense_reruns_only_that_defense(workdir):
     """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models
     and the other analyses do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
-    expected = {("report", "")}
+    expected = {("report", ""), ("report_blackbox", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
+        # the attacker's surrogates that use ft are rebuilt too (their own seed and clean subset)
+        for s, sur in TINY_SURROGATES.items():
+            if "ft" in sur["defenses"]:
+                expected |= {("defend_surrogate", f"attack={a}, arch={sur['arch']}, defense=ft")} | _transfer(a, s)
     assert jobs == expected
 
 
 def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
-    expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", "")}
+    expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", ""),
+                ("report_blackbox", "")}
     expected |= {("defend", f"attack=blended, defense={d}") for d in TINY_DEFENSES}
+    for s, sur in TINY_SURROGATES.items():
+        if sur["arch"] != "cnn_tiny":  # the victim's architecture: the attacker reuses its backdoored model
+            expected.add(("train_surrogate", f"attack=blended, arch={sur['arch']}"))
+        expected |= {("defend_surrogate", f"attack=blended, arch={sur['arch']}, defense={d}") for d in sur["defenses"]}
+        expected |= _transfer("blended", s)
     expected |= {("observe", f"attack=blended, model={m}") for m in ("clean", "backdoor")}
     for m in TINY_MODELS:  # the clean model is re-measured under the new trigger
         expected |= _downstream("blended", m)
@@ -169,8 +190,9 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
 
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     """The paper grid: 1 clean + 2 backdoored models, 3 defenses (FT, AFT, PBE) x 2 attacks, 5 models x 2
-    attacks analysed, PBE's observation for 2 models x 2 attacks; params.yaml's entries must not leak in
-    (here an extra attack is added to params.yaml)."""
+    attacks analysed, PBE's observation for 2 models x 2 attacks, the transfer attack's surrogates (three
+    other architectures trained per attack; 4 sets x 2 defenses x 2 attacks defended); params.yaml's
+    entries must not leak in (here an extra attack is added to params.yaml)."""
     copy_workflow(tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
@@ -179,6 +201,9 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     c = job_counts(r.stdout + r.stderr)
     assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 6, c
     assert c["metrics"] == c["bec"] == c["reactivate"] == 10 and c["observe"] == 4 and c["report"] == 1, c
+    assert c["query"] == c["transfer_evaluate"] == 10 and c["evidence"] == 8 and c["report_blackbox"] == 1, c
+    assert c["train_surrogate"] == 6 and c["defend_surrogate"] == 16 and c["transfer_optimise"] == 8, c
+    assert c["attacker_subset"] == 1, c
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
 
 
@@ -202,10 +227,31 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if rule and res and rule.group(1) != "all":
             resources.setdefault(rule.group(1), set()).add(res.group(1))
-    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe"}
-    assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report"}
+    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe", "query",
+               "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
+    assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
+                                        "report_blackbox"}
     for rule, values in resources.items():
         for v in values:
             assert ("gpu=1" in v) == (rule in network), (rule, v)
             assert ("slurm_partition=gpu" in v) == (rule in network), (rule, v)
     assert all("mem_mb=6000" in v and "runtime=720" in v for v in resources["train_backdoor"])
+
+
+def test_transfer_optimisation_never_reads_a_target_model(workdir):
+    """The transfer delta is optimised by a job whose inputs are the attacker's own surrogates only; the
+    target defended models reach the transfer attack only in the evaluation job."""
+    r = snakemake(workdir, "-n", "--forceall")
+    blocks = [b for b in (r.stdout + r.stderr).split("\n\n") if re.search(r"^rule transfer_\w+:", b, re.M)]
+    seen = {"transfer_optimise": 0, "transfer_evaluate": 0}
+    for b in blocks:
+        rule = re.search(r"^rule (transfer_\w+):", b, re.M).group(1)
+        inputs = re.search(r"^\s+input: (.*)$", b, re.M).group(1).split(", ")
+        targets = [p for p in inputs if p.startswith("results/tiny/models/")]
+        seen[rule] += 1
+        if rule == "transfer_optimise":
+            assert not targets, b
+            assert any(p.startswith("results/tiny/attacker/") for p in inputs), b
+        else:
+            assert len(targets) == 1 or "results/tiny/models/clean/model.safetensors" in inputs, b
+    assert seen == {"transfer_optimise": 2 * len(TINY_SURROGATES), "transfer_evaluate": 2 * len(TINY_MODELS)}

@@ -7,6 +7,9 @@ ROWS = [
         "metrics": f"{R}/analysis/{a}/{m}/metrics.json",
         "bec": f"{R}/analysis/{a}/{m}/bec.json",
         "reactivation": f"{R}/analysis/{a}/{m}/reactivation.json",
+        "query": f"{R}/analysis/{a}/{m}/query.json",
+        "transfer": f"{R}/analysis/{a}/{m}/transfer.json",
+        "evidence": f"{R}/analysis/{a}/{m}/evidence.json" if m in EVIDENCED else None,
     }
     for a in ATTACKS
     for m in MODELS
@@ -33,6 +36,17 @@ REPORT_FILES = [
     f"{R}/report/pbe_rounds.png",
     *HISTORIES,
 ]
+BLACKBOX_FILES = {
+    "summary_csv": f"{R}/report/blackbox.csv",
+    "checkpoints_csv": f"{R}/report/query_checkpoints.csv",
+    "transfer_csv": f"{R}/report/transfer.csv",
+    "cka_csv": f"{R}/report/evidence_cka.csv",
+    "noise_csv": f"{R}/report/evidence_noise.csv",
+    "fig_query": f"{R}/report/query.png",
+    "fig_transfer": f"{R}/report/transfer.png",
+    "fig_evidence": f"{R}/report/evidence.png",
+}
+REPORT_FILES += list(BLACKBOX_FILES.values())
 
 
 rule report:
@@ -53,7 +67,7 @@ rule report:
             category="Training histories",
         ),
     input:
-        rows=[r[k] for r in ROWS for k in ("metrics", "bec", "reactivation")],
+        rows=[r[k] for r in ROWS for k in ("metrics", "bec", "reactivation", "query", "transfer")],
         data=DATASET,
         triggers=expand(TRIGGER, attack=ATTACKS),
         sidecars=list(HISTORIES.values()),
@@ -81,3 +95,26 @@ rule report:
         "--observation-csv {output.obs_csv:q} --fig-observation {output.fig_obs:q} "
         "--rounds-csv {output.rounds_csv:q} --fig-rounds {output.fig_rounds:q} "
         "> {log:q} 2>&1"
+
+
+rule report_blackbox:
+    output:
+        **{k: report(v, caption="../report/blackbox.rst", category="Black-box re-activation")
+           for k, v in BLACKBOX_FILES.items()},
+    input:
+        rows=[r[k] for r in ROWS for k in ("reactivation", "query", "transfer", "evidence") if r[k]],
+        code=lib("report_blackbox.py", "report.py"),
+    params:
+        p=as_json({"surrogates": SURROGATES, "models": MODELS}),
+        rows=as_json(ROWS),
+    log:
+        f"{LOGS}/report_blackbox.log",
+    conda:
+        "../envs/dormant.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "dormant report-blackbox --params {params.p:q} --rows {params.rows:q} "
+        + " ".join(f"--{k.replace('_', '-')} {{output.{k}:q}}" for k in BLACKBOX_FILES)
+        + " > {log:q} 2>&1"

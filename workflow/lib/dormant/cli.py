@@ -12,7 +12,7 @@ import inspect
 import json
 import sys
 
-from . import runtime, stages
+from . import runtime, stages, stages_blackbox
 from .errors import DormantError
 
 STAGES = {
@@ -25,9 +25,15 @@ STAGES = {
     "bec": stages.existence,
     "observe": stages.observe,
     "reactivate": stages.reactivate,
+    "query": stages_blackbox.query_attack,
+    "transfer-optimise": stages_blackbox.transfer_optimise,
+    "transfer-evaluate": stages_blackbox.transfer_evaluate,
+    "evidence": stages_blackbox.evidence,
+    "report-blackbox": stages_blackbox.report_blackbox,
     "report": stages.report,
 }
-JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses"}
+JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses", "surrogates", "deltas", "queries",
+             "transfers", "evidences"}
 
 
 def build_parser() -> argparse.ArgumentParser:

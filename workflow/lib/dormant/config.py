@@ -69,6 +69,11 @@ def _semantic_checks(cfg: dict) -> list[str]:
             msgs.append("data.path: must be set when data.source is 'path'")
         elif not Path(d["path"]).expanduser().exists():
             msgs.append(f"data.path: dataset not found: {d['path']}")
+    for name, sur in cfg["transfer"]["surrogates"].items():
+        for dname in sur["defenses"]:
+            if dname not in cfg["defenses"]:
+                msgs.append(f"transfer.surrogates.{name}.defenses: {dname!r} is not an entry of the defenses "
+                            f"section ({', '.join(sorted(cfg['defenses'])) or 'empty'})")
     if (d["dataset"] == "synthetic") != (d["source"] == "synthetic"):
         msgs.append("data.dataset: 'synthetic' goes with data.source 'synthetic' and only with it")
     return msgs

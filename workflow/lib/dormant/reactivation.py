@@ -50,37 +50,68 @@ def reactivation_loss(logits: torch.Tensor, target: int) -> torch.Tensor:
     return ce + (-torch.log(1.0001 - p_comp)).mean()
 
 
-def optimise_universal(model, x_uint8: torch.Tensor, target: int, *, transform=None, norm="linf", eps=0.05,
-                       lr=0.05, epochs=50, steps=5, batch_size=128, seed=0,
-                       desc="reactivate") -> tuple[torch.Tensor, list]:
-    """One universal delta for images ``x_uint8`` (optionally triggered by ``transform``); returns (delta, losses)."""
-    device = next(model.parameters()).device
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+class frozen:
+    """Within the block the models are in eval mode with parameters that need no gradient."""
+
+    def __init__(self, *models):
+        self.models = models
+
+    def __enter__(self):
+        self.saved = [[p.requires_grad for p in m.parameters()] for m in self.models]
+        for m in self.models:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for m, flags in zip(self.models, self.saved):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+
+
+def optimise_delta(objective, x_uint8: torch.Tensor, *, device, transform=None, norm="linf", eps=0.05, lr=0.05,
+                   epochs=50, steps=5, batch_size=128, momentum=0.0, seed=0, desc="delta") -> tuple[torch.Tensor, list]:
+    """Projected SGD on one universal delta: ``objective(perturbed float batch) -> loss`` is minimised over
+    ``epochs`` passes of ``x_uint8`` (each image optionally triggered by ``transform``), ``steps`` updates
+    per batch, projection after every update. ``momentum`` > 0 gives heavy-ball SGD (v = mu v + g)."""
     g = torch.Generator().manual_seed(seed)
     delta = random_init(tuple(x_uint8.shape[1:]), norm, eps, g).to(device)
+    velocity = torch.zeros_like(delta)
     n = len(x_uint8)
+    n_batches = math.ceil(n / batch_size)
     losses = []
     for _ in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
         perm = torch.randperm(n, generator=g)
         tot = 0.0
-        for s in range(math.ceil(n / batch_size)):
+        for s in range(n_batches):
             xb = to_float(x_uint8[perm[s * batch_size : (s + 1) * batch_size].to(x_uint8.device)].to(device))
             if transform is not None:
                 xb = transform(xb)
             for _ in range(steps):
                 d = delta.clone().requires_grad_(True)
-                with autocast(device):
-                    logits = model((xb + d).clamp(0, 1))
-                loss = reactivation_loss(logits.float(), target)
+                loss = objective((xb + d).clamp(0, 1))
                 (grad,) = torch.autograd.grad(loss, d)
-                delta = project(delta - lr * grad, norm, eps)
+                velocity = momentum * velocity + grad if momentum else grad
+                delta = project(delta - lr * velocity, norm, eps)
                 tot += loss.item()
-        losses.append(tot / (steps * math.ceil(n / batch_size)))
-    for p in model.parameters():
-        p.requires_grad_(True)
+        losses.append(tot / (steps * n_batches))
     return delta.detach(), losses
+
+
+def optimise_universal(model, x_uint8: torch.Tensor, target: int, *, transform=None, norm="linf", eps=0.05,
+                       lr=0.05, epochs=50, steps=5, batch_size=128, seed=0,
+                       desc="reactivate") -> tuple[torch.Tensor, list]:
+    """One universal delta for images ``x_uint8`` (optionally triggered by ``transform``); returns (delta, losses)."""
+    device = next(model.parameters()).device
+
+    def objective(x):
+        with autocast(device):
+            logits = model(x)
+        return reactivation_loss(logits.float(), target)
+
+    with frozen(model):
+        return optimise_delta(objective, x_uint8, device=device, transform=transform, norm=norm, eps=eps, lr=lr,
+                              epochs=epochs, steps=steps, batch_size=batch_size, seed=seed, desc=desc)
 
 
 def attack_images(train, target: int, n: int, seed: int) -> torch.Tensor:

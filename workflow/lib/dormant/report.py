@@ -1,7 +1,9 @@
 """Paper-style outputs: one tidy table (a row per model) and the figures.
 
 * table: attack, model (clean / backdoor / defense name), C-ACC, ASR, RA, DER, BEC (headline fraction, plus
-  5/10/20% and the reference code's min-max variant), ASR after white-box re-activation, gUAA ASR.
+  5/10/20% and the reference code's min-max variant), ASR after white-box re-activation, gUAA ASR, and where
+  those stages ran, query-based re-activation (ASR, queries spent, query gUAA) and the momentum transfer
+  ASR per surrogate set (:mod:`dormant.report_blackbox` has their detailed tables and figures).
 * figure 1 of the re-activation paper: BEC (y) against ASR after defense (x).
 * ASR with the original trigger vs. after re-activation vs. gUAA, per model.
 * trigger gallery: clean image, poisoned image, amplified difference, per attack.
@@ -35,12 +37,20 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
         m = read_json(r["metrics"])["metrics"]
         b = read_json(r["bec"])["metrics"]
         ra = read_json(r["reactivation"])["metrics"]
-        recs.append({
+        rec = {
             "attack": r["attack"], "model": r["model"], "c_acc": m["c_acc"], "asr": m["asr"], "ra": m["ra"],
             "der": m["der"], "bec": b["bec"], "bec_5": b.get("bec_5"), "bec_10": b.get("bec_10"),
             "bec_20": b.get("bec_20"), "S": b["S"],
             "asr_reactivated": ra["asr_reactivated"], "asr_guaa": ra["asr_guaa"],
-        })
+        }
+        if r.get("query"):
+            q = read_json(r["query"])["metrics"]
+            rec.update(asr_query=q["reactivated"]["asr"], queries=q["reactivated"]["queries"],
+                       asr_query_guaa=q["guaa"]["asr"])
+        if r.get("transfer"):
+            for surrogate, res in sorted(read_json(r["transfer"])["metrics"].items()):
+                rec[f"asr_transfer_{surrogate}"] = res["momentum"]
+        recs.append(rec)
     df = pd.DataFrame.from_records(recs)
     df["bec_minmax"] = math.nan
     for _, grp in df.groupby("attack"):
@@ -48,7 +58,9 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
         if len(defended):
             mm = minmax_bec(dict(zip(defended.index, defended["S"])))
             df.loc[list(mm), "bec_minmax"] = list(mm.values())
-    return df[COLUMNS]
+    extra = [c for c in ("asr_query", "queries", "asr_query_guaa") if c in df]
+    extra += sorted(c for c in df if c.startswith("asr_transfer_"))
+    return df[COLUMNS + extra]
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
