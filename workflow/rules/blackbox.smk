@@ -5,30 +5,6 @@
 #                      then evaluated on every target model. The optimising job has no target model as input.
 #   evidence:          CKA and random-noise analyses of white-box re-activation vs gUAA, per defended model.
 
-ATTACKER = f"{R}/attacker"
-SURROGATES = config["transfer"]["surrogates"]
-SURROGATE_SETS = sorted(SURROGATES)
-ATTACKER_SEED = config["seed"] + config["transfer"]["seed_offset"]
-EVIDENCED = MODELS[1:]  # the backdoored model (reference) and the defended models
-
-
-wildcard_constraints:
-    arch="|".join(sorted({s["arch"] for s in SURROGATES.values()})),
-    surrogate="|".join(SURROGATE_SETS),
-
-
-def attacker_backdoor(attack, arch):
-    """The attacker trained the victim's backdoored model itself; other architectures it trains anew."""
-    if arch == config["model"]["arch"]:
-        return f"{R}/models/{attack}/backdoor/model.safetensors"
-    return f"{ATTACKER}/{attack}/{arch}/backdoor/model.safetensors"
-
-
-def surrogate_models(w):
-    s = SURROGATES[w.surrogate]
-    return [f"{ATTACKER}/{w.attack}/{s['arch']}/{d}/model.safetensors" for d in s["defenses"]]
-
-
 rule query:
     output:
         result=f"{ANALYSIS}/query.json",

@@ -31,6 +31,8 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 wildcard_constraints:
     attack="|".join(ATTACKS),
+    arch="|".join(sorted({s["arch"] for s in config["transfer"]["surrogates"].values()})),
+    surrogate="|".join(sorted(config["transfer"]["surrogates"])),
     defense="|".join(DEFENSES) if DEFENSES else "(?!x)x",
     model="|".join(MODELS),
 
@@ -66,3 +68,23 @@ def analysed_model(w):
 
 def role(w):
     return w.model if w.model in ("clean", "backdoor") else "defense"
+
+
+# Black-box re-activation (blackbox.smk): the attacker's artifacts and its surrogate sets.
+ATTACKER = f"{R}/attacker"
+SURROGATES = config["transfer"]["surrogates"]
+SURROGATE_SETS = sorted(SURROGATES)
+ATTACKER_SEED = config["seed"] + config["transfer"]["seed_offset"]
+EVIDENCED = MODELS[1:]  # the backdoored model (reference) and the defended models
+
+
+def attacker_backdoor(attack, arch):
+    """The attacker trained the victim's backdoored model itself; other architectures it trains anew."""
+    if arch == config["model"]["arch"]:
+        return f"{R}/models/{attack}/backdoor/model.safetensors"
+    return f"{ATTACKER}/{attack}/{arch}/backdoor/model.safetensors"
+
+
+def surrogate_models(w):
+    s = SURROGATES[w.surrogate]
+    return [f"{ATTACKER}/{w.attack}/{s['arch']}/{d}/model.safetensors" for d in s["defenses"]]
