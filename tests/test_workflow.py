@@ -85,7 +85,8 @@ def test_html_report_is_self_contained_with_captions(workdir):
     r = "results/tiny/report"
     expected = {f"{r}/table.csv", f"{r}/bec_vs_asr.png", f"{r}/reactivation.png", f"{r}/triggers.png",
                 f"{r}/history/clean.csv", f"{r}/history/blended_ft_short.csv", f"{r}/blackbox.csv",
-                f"{r}/evidence.png", f"{r}/transfer.png", f"{r}/query.png"}
+                f"{r}/evidence_cka.png", f"{r}/evidence_noise.png",
+                f"{r}/query_checkpoints.png", f"{r}/transfer.png", f"{r}/query.png"}
     assert expected <= set(results), sorted(results)
     for path, entry in results.items():
         assert len(entry["caption"]) > 80, path  # every item carries its caption

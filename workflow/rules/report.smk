@@ -44,7 +44,9 @@ BLACKBOX_FILES = {
     "noise_csv": f"{R}/report/evidence_noise.csv",
     "fig_query": f"{R}/report/query.png",
     "fig_transfer": f"{R}/report/transfer.png",
-    "fig_evidence": f"{R}/report/evidence.png",
+    "fig_cka": f"{R}/report/evidence_cka.png",
+    "fig_checkpoints": f"{R}/report/query_checkpoints.png",
+    "fig_noise": f"{R}/report/evidence_noise.png",
 }
 REPORT_FILES += list(BLACKBOX_FILES.values())
 

@@ -2,10 +2,11 @@
 
 * ``blackbox.csv``: per (attack, model) white-box, query-based and transfer-based re-activated ASR, the
   queries spent, and the queries the search needed to reach 90% of the white-box ASR.
-* ``query_checkpoints.csv`` + the query panel: re-activation vs gUAA at fixed query counts (paper: 1k-7k).
+* ``query_checkpoints.{csv,png}``: re-activation vs gUAA at fixed query counts (paper: 1k-7k); ``query.png``:
+  the per-query curves.
 * ``transfer.csv`` + ``transfer.png``: each surrogate set's plain and momentum delta on every target;
   ``seen`` marks targets made by a defense method the attacker also used (other seed, other clean data).
-* ``evidence_cka.csv``, ``evidence_noise.csv`` + ``evidence.png``: CKA and random-noise analyses.
+* ``evidence_cka.{csv,png}``, ``evidence_noise.{csv,png}``: CKA and random-noise analyses.
 """
 
 from __future__ import annotations
@@ -133,51 +134,55 @@ def figure_transfer(df: pd.DataFrame, path) -> None:
     _savefig(fig, path)
 
 
-def figure_evidence(cka: pd.DataFrame, checkpoints: pd.DataFrame, noise: pd.DataFrame, path) -> None:
-    """Three panels: CKA with the backdoored model's triggered features; ASR at fixed query counts;
-    ASR under random noise (means over the defended models of each attack)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    defended = ~cka["model"].isin(["clean", "backdoor"])
-    labels = [f"{a}\n{m}" for a, m in zip(cka["attack"], cka["model"])]
+def _defended(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["model"].isin(["clean", "backdoor"])]
+
+
+def _finish(ax, fig, path, xlabel, ylabel, title, ylim=(-3, 103)) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
+    _savefig(fig, path)
+
+
+def figure_cka(cka: pd.DataFrame, path) -> None:
+    """(a) Linear CKA with the backdoored model's features on triggered images, per model."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cka)), 3.6))
     w = 0.27
     for k, (col, color) in enumerate((("trigger", "0.55"), ("reactivated", "tab:red"), ("guaa", "tab:blue"))):
-        axes[0].bar([i + (k - 1) * w for i in range(len(cka))], cka[col], w, color=color, label=col)
-    axes[0].set_xticks(range(len(cka)), labels, fontsize=6)
-    axes[0].set_ylabel("linear CKA with f_A(x + trigger)")
-    axes[0].set_ylim(0, 1.05)
-    axes[0].legend(fontsize=6, frameon=False)
-    axes[0].set_title("(a) feature similarity", fontsize=9)
-    chk = checkpoints[~checkpoints["model"].isin(["clean", "backdoor"])]
-    for i, (a, grp) in enumerate(chk.groupby("attack")):
+        ax.bar([i + (k - 1) * w for i in range(len(cka))], cka[col], w, color=color, label=col)
+    ax.set_xticks(range(len(cka)), [f"{a}\n{m}" for a, m in zip(cka["attack"], cka["model"])], fontsize=6)
+    _finish(ax, fig, path, "", "linear CKA with f_A(x + trigger)", "(a) feature similarity", ylim=(0, 1.05))
+
+
+def figure_checkpoints(checkpoints: pd.DataFrame, path) -> None:
+    """(b) Query-based re-activation vs gUAA at fixed query counts, mean over each attack's defenses."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for i, (a, grp) in enumerate(_defended(checkpoints).groupby("attack")):
         mean = grp.groupby("queries")[["reactivated", "guaa"]].mean()
         c = plt.cm.tab10(i % 10)
-        axes[1].plot(mean.index, mean["reactivated"], "-o", color=c, label=f"{a} re-activation")
-        axes[1].plot(mean.index, mean["guaa"], "--s", color=c, label=f"{a} gUAA")
-    axes[1].set_xlabel("queries")
-    axes[1].set_ylabel("ASR (%), mean over defenses")
-    axes[1].set_ylim(-3, 103)
-    axes[1].legend(fontsize=6, frameon=False)
-    axes[1].set_title("(b) query-based: re-activation vs gUAA", fontsize=9)
-    nz = noise[~noise["model"].isin(["clean", "backdoor"])]
-    for i, (a, grp) in enumerate(nz.groupby("attack")):
+        ax.plot(mean.index, mean["reactivated"], "-o", color=c, label=f"{a} re-activation")
+        ax.plot(mean.index, mean["guaa"], "--s", color=c, label=f"{a} gUAA")
+    _finish(ax, fig, path, "queries", "ASR (%), mean over defenses", "(b) query-based: re-activation vs gUAA")
+
+
+def figure_noise(noise: pd.DataFrame, path) -> None:
+    """(c) ASR under uniform random L-inf noise, mean over each attack's defenses."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for i, (a, grp) in enumerate(_defended(noise).groupby("attack")):
         mean = grp.groupby("noise")[["trigger", "reactivated", "guaa"]].mean()
         c = plt.cm.tab10(i % 10)
-        axes[2].plot(mean.index, mean["trigger"], ":^", color=c, label=f"{a} trigger on f_A")
-        axes[2].plot(mean.index, mean["reactivated"], "-o", color=c, label=f"{a} re-activation")
-        axes[2].plot(mean.index, mean["guaa"], "--s", color=c, label=f"{a} gUAA")
-    axes[2].set_xlabel("L-inf noise")
-    axes[2].set_ylabel("ASR (%), mean over defenses")
-    axes[2].set_ylim(-3, 103)
-    axes[2].legend(fontsize=6, frameon=False)
-    axes[2].set_title("(c) random-noise robustness", fontsize=9)
-    if not defended.any():
-        fig.suptitle("no defended model in this config", fontsize=8)
-    _savefig(fig, path)
+        ax.plot(mean.index, mean["trigger"], ":^", color=c, label=f"{a} trigger on f_A")
+        ax.plot(mean.index, mean["reactivated"], "-o", color=c, label=f"{a} re-activation")
+        ax.plot(mean.index, mean["guaa"], "--s", color=c, label=f"{a} gUAA")
+    _finish(ax, fig, path, "L-inf noise", "ASR (%), mean over defenses", "(c) random-noise robustness")
 
 
 def write_all(rows: list[dict], surrogates: dict, models: list[str], out: dict) -> pd.DataFrame:
     """Writes every table and figure; ``out`` maps summary/checkpoints/transfer/cka/noise (CSVs) and
-    fig_query/fig_transfer/fig_evidence (PNGs) to paths. Returns the summary."""
+    fig_query/fig_transfer/fig_cka/fig_checkpoints/fig_noise (PNGs) to paths. Returns the summary."""
     summary = summary_table(rows, models)
     checkpoints = query_checkpoints(rows, models)
     transfer = transfer_table(rows, surrogates, models)
@@ -187,5 +192,7 @@ def write_all(rows: list[dict], surrogates: dict, models: list[str], out: dict) 
         write_csv(df, out[key])
     figure_query(rows, out["fig_query"])
     figure_transfer(transfer, out["fig_transfer"])
-    figure_evidence(cka, checkpoints, noise, out["fig_evidence"])
+    figure_cka(cka, out["fig_cka"])
+    figure_checkpoints(checkpoints, out["fig_checkpoints"])
+    figure_noise(noise, out["fig_noise"])
     return summary

@@ -69,12 +69,13 @@ def evidence(params: dict, *, dataset: str, trigger: str, model: str, backdoored
 
 
 def report_blackbox(params: dict, *, rows: list, summary_csv: str, checkpoints_csv: str, transfer_csv: str,
-                    cka_csv: str, noise_csv: str, fig_query: str, fig_transfer: str, fig_evidence: str) -> None:
+                    cka_csv: str, noise_csv: str, fig_query: str, fig_transfer: str, fig_cka: str,
+                    fig_checkpoints: str, fig_noise: str) -> None:
     """Tables and figures of the black-box attacks and the evidence analyses (``rows``: per (attack, model)
     paths of its reactivation/query/transfer/evidence JSONs)."""
     from .report_blackbox import write_all
 
     write_all(rows, params["surrogates"], params["models"],
               {"summary": summary_csv, "checkpoints": checkpoints_csv, "transfer": transfer_csv, "cka": cka_csv,
-               "noise": noise_csv, "fig_query": fig_query, "fig_transfer": fig_transfer,
-               "fig_evidence": fig_evidence})
+               "noise": noise_csv, "fig_query": fig_query, "fig_transfer": fig_transfer, "fig_cka": fig_cka,
+               "fig_checkpoints": fig_checkpoints, "fig_noise": fig_noise})
