@@ -104,8 +104,27 @@ def test_early_stop_spends_fewer_queries(synthetic):
     res = square_search(oracle, x, 0, budget=50, early_stop=-1.0, seed=0)  # any ASR beats -1: stop at once
     assert res["queries"] == 1 and res["stopped_early"]
     assert set(res["snapshots"]) == set()  # nothing requested
-    res = square_search(ScoreOracle(net), x, 0, budget=50, early_stop=-1.0, seed=0, snapshots=[10, 30])
-    assert all(torch.equal(d, res["delta"]) for d in res["snapshots"].values())
+    # a stop in mid-run: snapshots before it are what was held then, those after it are the final delta
+    class RedMeansTarget(torch.nn.Module):  # the target's logit grows with the red channel's mean
+        def forward(self, z):
+            t = 100 * (z[:, 0].mean((1, 2)) - z[:, 2].mean((1, 2)) - 0.05)
+            return torch.stack([t, *[torch.zeros_like(t)] * 3], 1)
+
+    full = square_search(ScoreOracle(RedMeansTarget()), x, 0, eps=0.3, budget=80, early_stop=1.0, seed=0,
+                         snapshots=range(1, 81))
+    levels = sorted({a for _, a, _ in full["curve"]})
+    assert len(levels) >= 3  # the ASR climbs in steps
+    level = levels[len(levels) // 2]
+    stop = next(q for q, a, _ in full["curve"] if a > level)
+    before, after = stop // 2, stop + 5
+    assert 1 < stop < 75
+    res = square_search(ScoreOracle(RedMeansTarget()), x, 0, eps=0.3, budget=80, early_stop=level, seed=0,
+                        snapshots=[before, after])
+    assert res["queries"] == stop and res["stopped_early"]
+    assert res["curve"] == full["curve"][:stop]  # the same search, cut short
+    assert torch.equal(res["snapshots"][before], full["snapshots"][before])
+    assert torch.equal(res["snapshots"][after], res["delta"])
+    assert res["curve"] == full["curve"][:stop]  # the same search, cut short
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("linf", 8 / 255), ("l2", 0.5), ("l2", 2.0)])
@@ -123,12 +142,42 @@ def test_query_perturbation_within_budget(synthetic, norm, eps):
             assert d.norm() == pytest.approx(eps, rel=1e-5)
 
 
-def test_query_search_lowers_the_loss_and_uses_square_windows(synthetic):
-    net, atk = _setup()
-    x = atk.apply(to_float(synthetic["train"].x[:32]))
-    res = square_search(ScoreOracle(net), x, 0, eps=0.1, budget=60, early_stop=1.0, seed=0)
+class Recorder(torch.nn.Module):
+    """Records every batch it is queried with."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return self.net(x)
+
+
+def test_each_query_changes_one_square_window_and_keeps_only_improvements(synthetic):
+    """Replays the search from what the model saw: every candidate differs from the kept delta in one
+    s x s window (s = round(sqrt(p H W)) on the p schedule), with one value per channel there, and the
+    kept loss never rises."""
+    net, _ = _setup()
+    rec = Recorder(net)
+    x = torch.full((8, 3, 16, 16), 0.5)  # x + delta never clamps, so the queried batch reveals delta
+    budget, p_init, eps = 60, 0.3, 0.1
+    res = square_search(ScoreOracle(rec), x, 0, eps=eps, budget=budget, p_init=p_init, early_stop=1.0, seed=0)
+    deltas = [b[0] - 0.5 for b in rec.seen]
     losses = [loss for _, _, loss in res["curve"]]
-    assert all(b <= a for a, b in zip(losses, losses[1:]))  # only improvements are kept
+    kept = deltas[0]
+    for it, (cand, loss) in enumerate(zip(deltas[1:], losses[1:])):
+        changed = (cand - kept).abs().amax(0) > 1e-6
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        s = min(max(round(math.sqrt(p_schedule(p_init, it, budget) * 256)), 1), 15)
+        assert len(rows) and rows.max() - rows.min() < s and cols.max() - cols.min() < s, it
+        window = cand[:, rows.min() : rows.min() + s, cols.min() : cols.min() + s]
+        if window.shape[1:] == (s, s):
+            assert torch.allclose(window, window[:, :1, :1].expand_as(window))  # one +-eps per channel
+        assert loss <= losses[it]
+        if loss < losses[it]:
+            kept = cand
+    assert torch.allclose(kept, res["delta"])
     assert losses[-1] < losses[0]
 
 
@@ -190,7 +239,6 @@ def test_momentum_is_heavy_ball_sgd():
     gradient is w, so the j-th step moves by lr * w * (1 + mu + ... + mu^(j-1)): after three steps (no
     clipping) delta = init - lr * w * (3 + 2 mu + mu^2)."""
     w = torch.tensor([0.1, -0.2, 0.3]).view(3, 1, 1)
-    x = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
     x = torch.full((1, 3, 1, 1), 127, dtype=torch.uint8)  # 0.5: x + delta stays inside [0, 1], no clamping
     init, _ = optimise_delta(lambda z: (z * w).sum(), x, device="cpu", eps=0.3, lr=0.0, epochs=1, steps=1, seed=0)
     assert init.abs().max() < 0.29  # so that the steps below never reach the projection
@@ -215,9 +263,21 @@ def test_evidence_invariances(synthetic):
     assert noise["0"]["trigger"] == pytest.approx(attack_success_rate(predict(net, synthetic["test"].x[idx],
                                                                                 atk.apply), 0))
     assert noise["0"]["trigger"] == noise["0"]["reactivated"]
-    again = evidence.noise_robustness(net, net, synthetic["test"], atk, zero, levels=[0.03, 0.09], n_images=40,
-                                      seed=0)
-    assert again == noise
+    # non-zero deltas: gUAA is measured on clean images + delta, re-activation on triggered images + delta
+    other, _ = _setup(seed=5)
+    g = torch.Generator().manual_seed(0)
+    deltas = {k: (torch.rand(3, 16, 16, generator=g) - 0.5) * 0.2 for k in zero}
+    got = evidence.noise_robustness(net, other, synthetic["test"], atk, deltas, levels=[0.06], n_images=40, seed=0)
+    x = synthetic["test"].x[idx]
+    assert got["0"]["guaa"] == pytest.approx(attack_success_rate(
+        predict(other, x, lambda b: (b + deltas["delta_guaa"]).clamp(0, 1)), 0))
+    assert got["0"]["reactivated"] == pytest.approx(attack_success_rate(
+        predict(other, x, lambda b: (atk.apply(b).clamp(0, 1) + deltas["delta_reactivated"]).clamp(0, 1)), 0))
+    assert got["0"]["trigger"] == noise["0"]["trigger"]  # the trigger is always measured on f_A
+    assert evidence.noise_robustness(net, other, synthetic["test"], atk, deltas, levels=[0.06], n_images=40,
+                                     seed=0) == got  # seeded
+    cka2 = evidence.feature_similarity(net, other, synthetic["test"], atk, deltas, n_images=40, seed=0)
+    assert all(0 <= v < 0.9999 for v in cka2.values())
 
 
 def test_noise_is_bounded_and_seeded():
@@ -265,7 +325,16 @@ def test_transfer_surrogate_names_are_validated(params):
     from dormant.errors import ConfigError
 
     params["transfer"]["surrogates"]["same_arch"]["defenses"] = ["nope"]
-    with pytest.raises(ConfigError, match=r"transfer\.surrogates\.same_arch\.defenses: 'nope'"):
+    with pytest.raises(ConfigError, match=r"transfer\.surrogates\.same_arch\.defenses: 'nope' is not an entry"):
+        validate(params)
+
+
+def test_query_checkpoints_beyond_the_budget_are_rejected(params):
+    from dormant.config import validate
+    from dormant.errors import ConfigError
+
+    params["query"]["checkpoints"] = [100, params["query"]["budget"] + 1]
+    with pytest.raises(ConfigError, match=r"query\.checkpoints: \[\d+\] exceed query\.budget"):
         validate(params)
 
 

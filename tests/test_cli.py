@@ -10,7 +10,19 @@ def test_every_stage_has_a_command_with_its_path_arguments():
                          "--backdoored", "b", "--clean", "c", "--bec", "o"])
     assert (args.stage, args.clean, args.bec) == ("bec", "c", "o")
     assert set(STAGES) == {"prepare-data", "clean-subset", "trigger", "train", "defend", "metrics", "bec",
-                           "reactivate", "observe", "report"}
+                           "reactivate", "observe", "report", "query", "transfer-optimise", "transfer-evaluate",
+                           "evidence", "report-blackbox"}
+
+
+def test_every_command_the_rules_call_exists():
+    import re
+    from pathlib import Path
+
+    rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+    called = set()
+    for f in rules.glob("*.smk"):
+        called |= set(re.findall(r'"dormant (?:--threads \{threads\} )?([a-z-]+) ', f.read_text()))
+    assert called == set(STAGES)
 
 
 def test_prepare_data_runs_and_bad_input_exits_2_naming_the_file(tmp_path, capsys):

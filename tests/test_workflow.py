@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .workflow_helpers import REPO, copy_workflow, job_counts, planned_jobs, snakemake, write_config
+from .workflow_helpers import REPO, copy_workflow, job_blocks, job_counts, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 TINY_DEFENSES = sorted(yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())["defenses"])
@@ -118,16 +118,24 @@ def _transfer(attack, surrogate):
 
 
 def test_changing_one_defense_reruns_only_that_defense(workdir):
-    """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models
-    and the other analyses do not."""
+    """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models,
+    the other analyses and the attacker's surrogates (its own defense settings) do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
     expected = {("report", ""), ("report_blackbox", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
-        # the attacker's surrogates that use ft are rebuilt too (their own seed and clean subset)
+    assert jobs == expected
+
+
+def test_changing_an_attacker_defense_reruns_only_the_transfer_attack(workdir):
+    """The attacker's own ft settings: its surrogates that use ft, their transfer deltas and the evaluations
+    of those deltas rerun; no victim model and no other analysis does."""
+    jobs = _dry_run_with(workdir, "edit_attacker.yaml", lambda c: c["transfer"]["defenses"]["ft"].update(lr=0.02))
+    expected = {("report", ""), ("report_blackbox", "")}
+    for a in ("badnets", "blended"):
         for s, sur in TINY_SURROGATES.items():
             if "ft" in sur["defenses"]:
-                expected |= {("defend_surrogate", f"attack={a}, arch={sur['arch']}, defense=ft")} | _transfer(a, s)
+                expected |= {("defend_surrogate", f"attack={a}, arch={sur['arch']}, sdefense=ft")} | _transfer(a, s)
     assert jobs == expected
 
 
@@ -139,7 +147,8 @@ def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     for s, sur in TINY_SURROGATES.items():
         if sur["arch"] != "cnn_tiny":  # the victim's architecture: the attacker reuses its backdoored model
             expected.add(("train_surrogate", f"attack=blended, arch={sur['arch']}"))
-        expected |= {("defend_surrogate", f"attack=blended, arch={sur['arch']}, defense={d}") for d in sur["defenses"]}
+        expected |= {("defend_surrogate", f"attack=blended, arch={sur['arch']}, sdefense={d}")
+                     for d in sur["defenses"]}
         expected |= _transfer("blended", s)
     expected |= {("observe", f"attack=blended, model={m}") for m in ("clean", "backdoor")}
     for m in TINY_MODELS:  # the clean model is re-measured under the new trigger
@@ -223,11 +232,10 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
     r = snakemake(repo, "-n", "--profile", "profiles/slurm", "--replace-workflow-config",
                   configfile="config/paper.yaml")
     resources = {}
-    for block in (r.stdout + r.stderr).split("\n\n"):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+    for rule, block in job_blocks(r.stdout + r.stderr):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
-        if rule and res and rule.group(1) != "all":
-            resources.setdefault(rule.group(1), set()).add(res.group(1))
+        if res and rule != "all":
+            resources.setdefault(rule, set()).add(res.group(1))
     network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe", "query",
                "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
@@ -243,10 +251,10 @@ def test_transfer_optimisation_never_reads_a_target_model(workdir):
     """The transfer delta is optimised by a job whose inputs are the attacker's own surrogates only; the
     target defended models reach the transfer attack only in the evaluation job."""
     r = snakemake(workdir, "-n", "--forceall")
-    blocks = [b for b in (r.stdout + r.stderr).split("\n\n") if re.search(r"^rule transfer_\w+:", b, re.M)]
     seen = {"transfer_optimise": 0, "transfer_evaluate": 0}
-    for b in blocks:
-        rule = re.search(r"^rule (transfer_\w+):", b, re.M).group(1)
+    for rule, b in job_blocks(r.stdout + r.stderr):
+        if rule not in seen:
+            continue
         inputs = re.search(r"^\s+input: (.*)$", b, re.M).group(1).split(", ")
         targets = [p for p in inputs if p.startswith("results/tiny/models/")]
         seen[rule] += 1
@@ -254,5 +262,20 @@ def test_transfer_optimisation_never_reads_a_target_model(workdir):
             assert not targets, b
             assert any(p.startswith("results/tiny/attacker/") for p in inputs), b
         else:
-            assert len(targets) == 1 or "results/tiny/models/clean/model.safetensors" in inputs, b
+            attack, model = re.search(r"wildcards: attack=(\w+), model=(\w+)", b).groups()
+            want = ("results/tiny/models/clean/model.safetensors" if model == "clean"
+                    else f"results/tiny/models/{attack}/{model}/model.safetensors")
+            assert targets == [want], b
     assert seen == {"transfer_optimise": 2 * len(TINY_SURROGATES), "transfer_evaluate": 2 * len(TINY_MODELS)}
+
+
+def test_l2_overlay_switches_every_reactivation_budget(repo):
+    """config/l2.yaml: the three re-activation stages run with L2 budgets, under results/default-l2."""
+    r = snakemake(repo, "-n", "-p", configfile="config/l2.yaml")
+    out = r.stdout + r.stderr
+    blocks = job_blocks(out)
+    for rule in ("reactivate", "query", "transfer_optimise"):
+        shells = [b for name, b in blocks if name == rule]
+        assert shells and all('\\"norm\\": \\"l2\\"' in b or '"norm": "l2"' in b for b in shells), rule
+        assert not any('"linf"' in b for b in shells), rule
+    assert "results/default-l2/analysis/badnets/ft/query.json" in out

@@ -93,3 +93,10 @@ def job_counts(out: str) -> dict:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def job_blocks(output: str) -> list[tuple[str, str]]:
+    """(rule, its text: the indented input/output/wildcards/resources lines and, with ``-p``, the shell
+    command) for every job of a dry run's output, whatever separates the jobs (blank lines or timestamps)."""
+    pattern = r"^(?:local)?rule (\w+):\n((?:[ \t]+.*(?:\n|$))*(?:Shell command: .*(?:\n|$))?)"
+    return [(m.group(1), m.group(2)) for m in re.finditer(pattern, output, re.M)]

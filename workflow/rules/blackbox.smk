@@ -79,8 +79,8 @@ rule train_surrogate:
 
 rule defend_surrogate:
     output:
-        model=f"{ATTACKER}/{{attack}}/{{arch}}/{{defense}}/model.safetensors",
-        meta=f"{ATTACKER}/{{attack}}/{{arch}}/{{defense}}/model.json",
+        model=f"{ATTACKER}/{{attack}}/{{arch}}/{{sdefense}}/model.safetensors",
+        meta=f"{ATTACKER}/{{attack}}/{{arch}}/{{sdefense}}/model.json",
     input:
         data=DATASET,
         subset=rules.attacker_subset.output.subset,
@@ -88,14 +88,14 @@ rule defend_surrogate:
         backdoored=lambda w: attacker_backdoor(w.attack, w.arch),
         code=TRAIN_LIB + lib("archs.py"),
         code_defense=lib("defenses/__init__.py", "defenses/base.py"),
-        code_type=lambda w: defense_code(config["defenses"][w.defense]["type"]),
+        code_type=lambda w: defense_code(config["transfer"]["defenses"][w.sdefense]["type"]),
     params:
-        p=lambda w: as_json({"defense": config["defenses"][w.defense], "seed": ATTACKER_SEED}),
-        ckpt=f"{RESUME}/attacker_{{attack}}_{{arch}}_{{defense}}.safetensors",
+        p=lambda w: as_json({"defense": config["transfer"]["defenses"][w.sdefense], "seed": ATTACKER_SEED}),
+        ckpt=f"{RESUME}/attacker_{{attack}}_{{arch}}_{{sdefense}}.safetensors",
     log:
-        f"{LOGS}/defend_surrogate_{{attack}}_{{arch}}_{{defense}}.log",
+        f"{LOGS}/defend_surrogate_{{attack}}_{{arch}}_{{sdefense}}.log",
     benchmark:
-        f"{BENCH}/defend_surrogate_{{attack}}_{{arch}}_{{defense}}.tsv"
+        f"{BENCH}/defend_surrogate_{{attack}}_{{arch}}_{{sdefense}}.tsv"
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -118,7 +118,8 @@ rule transfer_optimise:
         surrogates=surrogate_models,
         code=lib("transfer.py", "reactivation.py"),
     params:
-        p=lambda w: as_json({"transfer": {k: v for k, v in config["transfer"].items() if k != "surrogates"},
+        p=lambda w: as_json({"transfer": {k: v for k, v in config["transfer"].items()
+                                          if k not in ("surrogates", "defenses")},
                              "surrogate": SURROGATES[w.surrogate], "seed": ATTACKER_SEED}),
         surrogates=lambda w, input: as_json(list(input.surrogates)),
     log:

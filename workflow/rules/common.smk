@@ -33,6 +33,7 @@ wildcard_constraints:
     attack="|".join(ATTACKS),
     arch="|".join(sorted({s["arch"] for s in config["transfer"]["surrogates"].values()})),
     surrogate="|".join(sorted(config["transfer"]["surrogates"])),
+    sdefense="|".join(sorted(config["transfer"]["defenses"])),
     defense="|".join(DEFENSES) if DEFENSES else "(?!x)x",
     model="|".join(MODELS),
 
@@ -88,3 +89,8 @@ def attacker_backdoor(attack, arch):
 def surrogate_models(w):
     s = SURROGATES[w.surrogate]
     return [f"{ATTACKER}/{w.attack}/{s['arch']}/{d}/model.safetensors" for d in s["defenses"]]
+
+
+def attacker_defense_types(surrogate):
+    """The defense methods (types) a surrogate set used: a target made by one of them is not unseen."""
+    return sorted({config["transfer"]["defenses"][d]["type"] for d in SURROGATES[surrogate]["defenses"]})

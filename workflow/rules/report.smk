@@ -107,7 +107,9 @@ rule report_blackbox:
         rows=[r[k] for r in ROWS for k in ("reactivation", "query", "transfer", "evidence") if r[k]],
         code=lib("report_blackbox.py", "report.py"),
     params:
-        p=as_json({"surrogates": SURROGATES, "models": MODELS}),
+        p=as_json({"surrogates": {s: {"arch": SURROGATES[s]["arch"], "defense_types": attacker_defense_types(s)}
+                                  for s in SURROGATE_SETS},
+                   "model_types": {d: config["defenses"][d]["type"] for d in DEFENSES}, "models": MODELS}),
         rows=as_json(ROWS),
     log:
         f"{LOGS}/report_blackbox.log",

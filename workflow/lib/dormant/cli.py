@@ -32,8 +32,7 @@ STAGES = {
     "report-blackbox": stages_blackbox.report_blackbox,
     "report": stages.report,
 }
-JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses", "surrogates", "deltas", "queries",
-             "transfers", "evidences"}
+JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses", "surrogates", "deltas"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,11 +69,16 @@ def _semantic_checks(cfg: dict) -> list[str]:
             msgs.append("data.path: must be set when data.source is 'path'")
         elif not Path(d["path"]).expanduser().exists():
             msgs.append(f"data.path: dataset not found: {d['path']}")
+    own = cfg["transfer"]["defenses"]
     for name, sur in cfg["transfer"]["surrogates"].items():
         for dname in sur["defenses"]:
-            if dname not in cfg["defenses"]:
-                msgs.append(f"transfer.surrogates.{name}.defenses: {dname!r} is not an entry of the defenses "
-                            f"section ({', '.join(sorted(cfg['defenses'])) or 'empty'})")
+            if dname not in own:
+                msgs.append(f"transfer.surrogates.{name}.defenses: {dname!r} is not an entry of transfer.defenses "
+                            f"({', '.join(sorted(own))})")
+    q = cfg["query"]
+    late = [c for c in q["checkpoints"] if c > q["budget"]]
+    if late:
+        msgs.append(f"query.checkpoints: {late} exceed query.budget {q['budget']}")
     if (d["dataset"] == "synthetic") != (d["source"] == "synthetic"):
         msgs.append("data.dataset: 'synthetic' goes with data.source 'synthetic' and only with it")
     return msgs

@@ -5,7 +5,8 @@
 * ``query_checkpoints.{csv,png}``: re-activation vs gUAA at fixed query counts (paper: 1k-7k); ``query.png``:
   the per-query curves.
 * ``transfer.csv`` + ``transfer.png``: each surrogate set's plain and momentum delta on every target;
-  ``seen`` marks targets made by a defense method the attacker also used (other seed, other clean data).
+  ``seen`` marks targets made by a defense method (type) the attacker also used, with its own settings,
+  seed and clean data.
 * ``evidence_cka.{csv,png}``, ``evidence_noise.{csv,png}``: CKA and random-noise analyses.
 """
 
@@ -65,14 +66,16 @@ def query_checkpoints(rows: list[dict], models: list[str]) -> pd.DataFrame:
     return _order(df.sort_values("queries", kind="stable"), models)
 
 
-def transfer_table(rows: list[dict], surrogates: dict, models: list[str]) -> pd.DataFrame:
+def transfer_table(rows: list[dict], surrogates: dict, model_types: dict, models: list[str]) -> pd.DataFrame:
+    """surrogates: set -> {"arch", "defense_types"}; model_types: defended model -> its defense type. A target
+    is ``seen`` when the attacker used the same defense method (with its own settings, seed and data)."""
     recs = []
     for r in rows:
         for s, res in sorted(read_json(r["transfer"])["metrics"].items()):
             for variant, asr in sorted(res.items()):
                 recs.append({"attack": r["attack"], "model": r["model"], "surrogate": s,
                              "arch": surrogates[s]["arch"], "variant": variant, "asr": asr,
-                             "seen": r["model"] in surrogates[s]["defenses"]})
+                             "seen": model_types.get(r["model"]) in surrogates[s]["defense_types"]})
     return _order(pd.DataFrame.from_records(recs), models)
 
 
@@ -180,12 +183,12 @@ def figure_noise(noise: pd.DataFrame, path) -> None:
     _finish(ax, fig, path, "L-inf noise", "ASR (%), mean over defenses", "(c) random-noise robustness")
 
 
-def write_all(rows: list[dict], surrogates: dict, models: list[str], out: dict) -> pd.DataFrame:
+def write_all(rows: list[dict], surrogates: dict, model_types: dict, models: list[str], out: dict) -> pd.DataFrame:
     """Writes every table and figure; ``out`` maps summary/checkpoints/transfer/cka/noise (CSVs) and
     fig_query/fig_transfer/fig_cka/fig_checkpoints/fig_noise (PNGs) to paths. Returns the summary."""
     summary = summary_table(rows, models)
     checkpoints = query_checkpoints(rows, models)
-    transfer = transfer_table(rows, surrogates, models)
+    transfer = transfer_table(rows, surrogates, model_types, models)
     cka, noise = evidence_tables(rows, models)
     for key, df in (("summary", summary), ("checkpoints", checkpoints), ("transfer", transfer), ("cka", cka),
                     ("noise", noise)):

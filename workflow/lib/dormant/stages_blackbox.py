@@ -75,7 +75,7 @@ def report_blackbox(params: dict, *, rows: list, summary_csv: str, checkpoints_c
     paths of its reactivation/query/transfer/evidence JSONs)."""
     from .report_blackbox import write_all
 
-    write_all(rows, params["surrogates"], params["models"],
+    write_all(rows, params["surrogates"], params["model_types"], params["models"],
               {"summary": summary_csv, "checkpoints": checkpoints_csv, "transfer": transfer_csv, "cka": cka_csv,
                "noise": noise_csv, "fig_query": fig_query, "fig_transfer": fig_transfer, "fig_cka": fig_cka,
                "fig_checkpoints": fig_checkpoints, "fig_noise": fig_noise})
