@@ -34,3 +34,19 @@ def params():
 @pytest.fixture
 def tiny_params():
     return copy.deepcopy(yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text()))
+
+
+@pytest.fixture(scope="session")
+def backdoored(synthetic):
+    """A cnn_tiny with a BadNets backdoor on the synthetic data, its attack and poisoned training set."""
+    from dormant import training
+    from dormant.attacks import create_attack
+    from dormant.models import build_model
+
+    train = synthetic["train"]
+    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, train.x, train.y, 4, seed=0)
+    torch.manual_seed(0)
+    m = build_model("cnn_tiny", 4)
+    training.train(m, train, {"epochs": 10, "batch_size": 32, "lr": 0.05, "augment": False}, seed=0, attack=atk,
+                   poison_mask=atk.poison_mask(len(train)))
+    return m, atk, atk.poisoned_trainset(train)

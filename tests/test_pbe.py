@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-from dormant import training
 from dormant.adversarial import penultimate_features, pgd_untargeted
-from dormant.attacks import create_attack
 from dormant.augment import to_float
 from dormant.defenses import build_defense
 from dormant.errors import ConfigError
@@ -20,17 +18,6 @@ PBE = {"type": "pbe", "rounds": 3, "init_fraction": 0.1, "keep_fractions": [0.3,
 def _model(num_classes=4, seed=0):
     torch.manual_seed(seed)
     return build_model("cnn_tiny", num_classes)
-
-
-@pytest.fixture(scope="module")
-def backdoored(synthetic):
-    """A cnn_tiny with a BadNets backdoor on the synthetic data, its attack and poisoned training set."""
-    train = synthetic["train"]
-    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, train.x, train.y, 4, seed=0)
-    m = _model()
-    training.train(m, train, {"epochs": 10, "batch_size": 32, "lr": 0.05, "augment": False}, seed=0, attack=atk,
-                   poison_mask=atk.poison_mask(len(train)))
-    return m, atk, atk.poisoned_trainset(train)
 
 
 def _copy(m):
