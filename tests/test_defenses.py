@@ -137,3 +137,62 @@ def test_nad_attention_loss_is_zero_between_identical_networks(backdoored, clean
         copy.deepcopy(m), clean, seed=0)
     sa, sb = nad.state_dict(), ft.state_dict()
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+
+
+def test_asam_step_goes_out_and_comes_back_exactly():
+    from dormant.defenses.ftsam import asam_perturbation
+
+    torch.manual_seed(0)
+    net = build_model("cnn_tiny", 4)
+    net(torch.rand(4, 3, 16, 16)).sum().backward()
+    before = copy.deepcopy(net.state_dict())
+    restore = asam_perturbation(net, rho=2.0)
+    moved = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved  # the ascent step moved the weights ...
+    # ... by e = rho |w|^2 g / || |w| g ||, whose adaptive norm || e / |w| || is rho
+    e = [(p.detach() - before[n]) for n, p in net.named_parameters() if p.grad is not None]
+    w = [before[n].abs() for n, p in net.named_parameters() if p.grad is not None]
+    ratio = torch.cat([(a / b.clamp_min(1e-12)).flatten() for a, b in zip(e, w) if b.abs().min() > 0])
+    assert ratio.norm() == pytest.approx(2.0, rel=1e-3)
+    restore()
+    assert all(torch.allclose(v, before[k], atol=1e-7) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("cfg", [
+    {"type": "ftsam", "epochs": 5, "batch_size": 16, "lr": 0.01, "rho": 2.0},
+    {"type": "fst", "epochs": 5, "batch_size": 16, "lr": 0.01, "alpha": 0.2},
+])
+def test_ftsam_and_fst_keep_architecture_and_budget_are_deterministic_and_lower_asr(backdoored, clean, synthetic,
+                                                                                     cfg):
+    m, atk, _ = backdoored
+    out, info = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+    assert type(out) is type(m) and out.state_dict().keys() == m.state_dict().keys()
+    assert len(info["history"]) == 5
+    again, _ = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+    assert _same(again, out)
+    before, after = evaluate(m, synthetic["test"], atk), evaluate(out, synthetic["test"], atk)
+    assert after["asr"] < before["asr"] - 10 and after["c_acc"] > 80, (before, after)
+    if cfg["type"] == "fst":  # the head keeps its norm and ends far from the backdoored one
+        norms = [float(introspect.head(x).weight.detach().norm()) for x in (out, m)]
+        assert norms[0] == pytest.approx(norms[1], rel=1e-5)
+        assert info["head_cosine_to_original"] < 0.5
+
+
+@pytest.mark.parametrize("cfg", [
+    {"type": "clp", "u": 3.0},
+    {"type": "fp", "epochs": 1, "batch_size": 16, "step": 0.1, "holdout": 0.25},
+    {"type": "nad", "teacher_epochs": 1, "epochs": 1, "batch_size": 16, "betas": [5.0, 10.0]},
+    {"type": "ftsam", "epochs": 1, "batch_size": 16},
+    {"type": "fst", "epochs": 1, "batch_size": 16},
+])
+def test_defended_model_saves_with_its_info_as_the_defend_stage_does(backdoored, clean, tmp_path, cfg):
+    """What the defend stage does with a defense's result: a safetensors checkpoint whose JSON sidecar holds
+    the defense's info, loadable into the same architecture."""
+    from dormant.checkpoints import load_model, save_model
+
+    m, _, _ = backdoored
+    out, info = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+    path = tmp_path / "model.safetensors"
+    save_model(out, path, arch="cnn_tiny", num_classes=4, config={"defense": cfg}, seed=0, **info)
+    assert _same(load_model(path), out)
+    assert (tmp_path / "model.json").is_file()

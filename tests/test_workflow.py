@@ -199,9 +199,10 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
 
 
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
-    """The paper grid: 1 clean + 2 backdoored models, 6 defenses (FT, AFT, PBE, FP, NAD, CLP) x 2 attacks,
-    8 models x 2 attacks analysed, PBE's observation for 2 models x 2 attacks, the transfer attack's surrogates (three
-    other architectures trained per attack; 4 sets x 2 defenses x 2 attacks defended); params.yaml's
+    """The paper grid: 1 clean + 2 backdoored models, 8 defenses (FT, AFT, PBE, FP, NAD, CLP, FT-SAM, FST) x 2
+    attacks, 10 models x 2 attacks analysed, PBE's observation for 2 models x 2 attacks, the transfer
+    attack's surrogates (three other architectures trained per attack; 4 sets x 2 defenses x 2 attacks
+    defended); params.yaml's
     entries must not leak in (here an extra attack is added to params.yaml)."""
     copy_workflow(tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
@@ -209,9 +210,9 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     r = snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
     c = job_counts(r.stdout + r.stderr)
-    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 12, c
-    assert c["metrics"] == c["bec"] == c["reactivate"] == 16 and c["observe"] == 4 and c["report"] == 1, c
-    assert c["query"] == c["transfer_evaluate"] == 16 and c["evidence"] == 14 and c["report_blackbox"] == 1, c
+    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 16, c
+    assert c["metrics"] == c["bec"] == c["reactivate"] == 20 and c["observe"] == 4 and c["report"] == 1, c
+    assert c["query"] == c["transfer_evaluate"] == 20 and c["evidence"] == 18 and c["report_blackbox"] == 1, c
     assert c["train_surrogate"] == 6 and c["defend_surrogate"] == 16 and c["transfer_optimise"] == 8, c
     assert c["attacker_subset"] == 1, c
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr

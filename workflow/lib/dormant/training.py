@@ -105,6 +105,8 @@ def train(
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     extra_loss: Callable | None = None,
     batch_transform: Callable | None = None,
+    sharpness: Callable | None = None,
+    after_step: Callable | None = None,
     desc: str = "train",
 ) -> list[dict]:
     """Trains ``model`` in place on ``data`` (an ImageSet on the model's device); returns per-epoch history.
@@ -113,6 +115,10 @@ def train(
     ``extra_loss(model, logits, x, y)`` adds a term (used by regularised defenses).
     ``batch_transform(model, x, y, generator) -> x`` replaces each (augmented) batch before the step, e.g.
     by its adversarial examples (adversarial fine-tuning).
+    ``sharpness(model) -> restore`` is called after the first backward pass: it moves the weights to a
+    nearby worse point (SAM) and returns a function that moves them back; the loss is then recomputed
+    there and its gradient, taken after ``restore()``, is the one the optimizer steps with.
+    ``after_step(model)`` runs after every optimizer step (e.g. a projection of some weights).
     """
     cfg = {**DEFAULTS, **cfg}
     device = next(model.parameters()).device
@@ -160,7 +166,16 @@ def train(
                     loss = loss + extra_loss(model, logits, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if sharpness is not None:
+                restore = sharpness(model)
+                opt.zero_grad(set_to_none=True)
+                with autocast(device):
+                    again = F.cross_entropy(model(x).float(), y, label_smoothing=cfg["label_smoothing"])
+                again.backward()
+                restore()
             opt.step()
+            if after_step is not None:
+                after_step(model)
             tot_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
         rec = {"epoch": epoch + 1, "lr": lr, "loss": tot_loss.item() / n, "train_acc": 100.0 * correct.item() / n}
