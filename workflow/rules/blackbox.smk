@@ -171,7 +171,7 @@ rule evidence:
         model=analysed_model,
         backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
         delta=f"{ANALYSIS}/delta.safetensors",
-        code=lib("evidence.py", "cka.py", "adversarial.py"),
+        code=lib("evidence.py", "cka.py", "adversarial.py", "reactivation.py"),
     params:
         p=lambda w: as_json({"evidence": config["evidence"], "seed": config["seed"]}),
     log:

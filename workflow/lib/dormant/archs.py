@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import CIFAR_MEAN, CIFAR_STD, Normalize
-from .models import MODELS
+from .models import MODELS, PreActBlock
 
 VGG19_CONVS = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
@@ -62,26 +62,6 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class WideBlock(nn.Module):
-    """Pre-activation wide block (Zagoruyko & Komodakis 2016), no dropout."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        short = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + short
 
 
 class StagedNet(nn.Module):
@@ -142,5 +122,7 @@ def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 @MODELS.register("wrn28_2")
 def wrn28_2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Wide-ResNet 28-2: 4 pre-activation wide blocks per stage, widths 32-64-128, 16-channel stem."""
-    return StagedNet(WideBlock, [4, 4, 4], [32, 64, 128], 16, num_classes, in_channels, post_act=False)
+    """Wide-ResNet 28-2 (Zagoruyko & Komodakis 2016): 4 pre-activation blocks per stage, widths 32-64-128,
+    16-channel stem, no dropout."""
+    # a wide block without dropout is the pre-activation basic block
+    return StagedNet(PreActBlock, [4, 4, 4], [32, 64, 128], 16, num_classes, in_channels, post_act=False)

@@ -20,13 +20,12 @@ import torch
 from .adversarial import penultimate_features
 from .augment import to_float
 from .cka import linear_cka
-from .metrics import poisoned_test_index
+from .reactivation import attack_images
 
 
 def _sample(test, target: int, n: int, seed: int) -> torch.Tensor:
-    cand = poisoned_test_index(test.y, target).cpu()
-    g = torch.Generator().manual_seed(seed)
-    return cand[torch.randperm(len(cand), generator=g)[:n]].sort().values.to(test.x.device)
+    """n non-target test images drawn from ``seed`` (the same draw as the attacker's optimisation set)."""
+    return attack_images(test, target, n, seed).to(test.x.device)
 
 
 def views(x: torch.Tensor, attack, deltas: dict) -> dict:
