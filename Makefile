@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PROFILE ?= profiles/slurm
 PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
-.PHONY: setup run test lint dryrun-paper restore cluster paper-cluster dryrun-paper-cluster
+.PHONY: setup run test lint dryrun-paper grid restore cluster paper-cluster dryrun-paper-cluster
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: setup
 
 dryrun-paper: setup
 	$(BIN)/snakemake -n --quiet rules $(PAPER)
+
+# The attack x defense grid on the CPU (config/grid.yaml; docs/benchmarks.md): defended models and their
+# metrics only, then results/grid/report/defense_grid.{csv,md,png}.
+grid: setup
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/grid.yaml -- results/grid/report/defense_grid.csv
 
 # After a fresh clone: fetch the results of dvc.lock from the DVC remote and mark them current for
 # Snakemake (see workflow/scripts/dvc_restore.sh).

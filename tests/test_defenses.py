@@ -2,6 +2,7 @@
 section 5), on the synthetic data."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -16,6 +17,10 @@ from dormant.models import MODELS, build_model
 def _same(a, b):
     sb = b.state_dict()
     return all(torch.equal(v, sb[k]) for k, v in a.state_dict().items())
+
+
+NC_CFG = {"type": "nc", "epochs_reverse": 20, "batch_size_reverse": 16, "patience": 2, "epochs": 5,
+          "batch_size": 16, "holdout": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +189,10 @@ def test_ftsam_and_fst_keep_architecture_and_budget_are_deterministic_and_lower_
     {"type": "nad", "teacher_epochs": 1, "epochs": 1, "batch_size": 16, "betas": [5.0, 10.0]},
     {"type": "ftsam", "epochs": 1, "batch_size": 16},
     {"type": "fst", "epochs": 1, "batch_size": 16},
+    {**NC_CFG, "epochs_reverse": 2, "epochs": 1},
+    {"type": "anp", "iterations": 3, "batch_size": 16, "holdout": 0.25},
+    {"type": "ibau", "rounds": 1, "batch_size": 16},
+    {"type": "sau", "epochs": 1, "batch_size": 16},
 ])
 def test_defended_model_saves_with_its_info_as_the_defend_stage_does(backdoored, clean, tmp_path, cfg):
     """What the defend stage does with a defense's result: a safetensors checkpoint whose JSON sidecar holds
@@ -196,3 +205,144 @@ def test_defended_model_saves_with_its_info_as_the_defend_stage_does(backdoored,
     save_model(out, path, arch="cnn_tiny", num_classes=4, config={"defense": cfg}, seed=0, **info)
     assert _same(load_model(path), out)
     assert (tmp_path / "model.json").is_file()
+
+
+# --------------------------------------------------------------------------- NC, ANP, i-BAU, SAU
+
+
+def test_nc_anomaly_index_by_hand():
+    from dormant.defenses.nc import anomaly_index
+
+    # median 6, absolute deviations 5 1 0 1 2 -> MAD 1 -> scaled 1.4826
+    idx = anomaly_index(torch.tensor([1.0, 5.0, 6.0, 7.0, 8.0]))
+    assert idx.tolist() == pytest.approx([5 / 1.4826, 1 / 1.4826, 0.0, -1 / 1.4826, -2 / 1.4826])
+    # a zero MAD: only the labels off the median are infinitely anomalous, on their side
+    assert anomaly_index(torch.tensor([1.0, 3.0, 3.0, 3.0, 9.0])).tolist() == [math.inf, 0.0, 0.0, 0.0, -math.inf]
+
+
+
+def test_nc_flags_the_target_and_unlearns_with_true_labels(backdoored, clean, synthetic):
+    m, atk, _ = backdoored
+    out, info = build_defense(NC_CFG).run(copy.deepcopy(m), clean, seed=0)
+    assert info["flagged"] == [0] and info["changed"] is True  # the BadNets target, and only it
+    assert min(range(4), key=lambda t: info["mask_l1"][t]) == 0 and info["anomaly_index"][0] > 2
+    assert all(info["reached_success"]) and len(info["history"]) == 5
+    assert info["n_stamped"] == round(0.2 * len(clean)) and info["n_held_out"] == 12
+    assert type(out) is type(m) and out.state_dict().keys() == m.state_dict().keys()
+    again, _ = build_defense(NC_CFG).run(copy.deepcopy(m), clean, seed=0)
+    assert _same(again, out)
+    before, after = evaluate(m, synthetic["test"], atk), evaluate(out, synthetic["test"], atk)
+    assert after["asr"] < before["asr"] - 10 and after["c_acc"] > 80, (before, after)
+
+
+def test_nc_returns_the_model_unchanged_when_nothing_is_flagged(backdoored, clean):
+    m, _, _ = backdoored
+    out, info = build_defense({**NC_CFG, "threshold": 1e9}).run(copy.deepcopy(m), clean, seed=0)
+    assert info["flagged"] == [] and info["changed"] is False and info["history"] == []
+    assert _same(out, m)
+
+
+def test_nc_reversed_trigger_stamp_formula():
+    from dormant.defenses.nc import stamp
+
+    x, p = torch.rand(2, 3, 4, 4), torch.rand(3, 4, 4)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1, 2] = 1.0
+    mask[0, 3, 3] = 0.25
+    out = stamp(x, mask, p)
+    assert torch.equal(out[:, :, 0, 0], x[:, :, 0, 0])  # m = 0: the image
+    assert torch.equal(out[:, :, 1, 2], p[:, 1, 2].expand(2, 3))  # m = 1: the pattern
+    assert torch.allclose(out[:, :, 3, 3], 0.75 * x[:, :, 3, 3] + 0.25 * p[:, 3, 3])
+
+
+def test_anp_hooks_are_the_identity_at_mask_one_and_pruning_at_mask_zero(backdoored_small):
+    from dormant.defenses.anp import NeuronPerturbation, prune
+
+    m, _, _ = backdoored_small
+    net = copy.deepcopy(m).eval()
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref = net(x)
+    names = introspect.bn_layers(net)
+    pert = NeuronPerturbation(net, names)
+    assert torch.allclose(net(x), ref, atol=1e-6)  # mask 1, no noise: the network itself
+    with torch.no_grad():
+        pert.mask[names[2]][[1, 5]] = 0.0
+    masked = net(x)
+    pert.close()
+    pruned = copy.deepcopy(m).eval()
+    n = prune(pruned, {names[2]: pert.mask[names[2]].detach()}, threshold=0.5)
+    assert n == 2 and torch.allclose(pruned(x), masked, atol=1e-5)  # mask 0 = BN weight 0
+
+
+def test_anp_prunes_within_the_held_out_budget_is_deterministic_and_lowers_asr(backdoored_small, clean, synthetic):
+    m, atk, _ = backdoored_small
+    cfg = {"type": "anp", "iterations": 250, "batch_size": 16, "holdout": 0.25, "max_acc_drop": 10.0}
+    out, info = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+    assert type(out) is type(m) and out.state_dict().keys() == m.state_dict().keys()
+    assert info["held_out_acc_before"] - info["held_out_acc_after"] <= 10.0
+    assert 0 < info["pruned_neurons"] <= 0.9 * info["neurons"] and info["threshold"] > 0
+    zeros = sum(int((out.get_submodule(n).weight == 0).sum()) for n in introspect.bn_layers(out))
+    assert zeros == info["pruned_neurons"]
+    curve = info["threshold_curve"]
+    if curve[-1]["threshold"] > info["threshold"]:  # stopped by the budget
+        assert info["held_out_acc_before"] - curve[-1]["held_out_acc"] > 10.0
+    lo, *_, hi = info["mask_quantiles"]
+    assert 0.0 <= lo <= hi <= 1.0
+    again, _ = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+    assert _same(again, out)
+    before, after = evaluate(m, synthetic["test"], atk), evaluate(out, synthetic["test"], atk)
+    assert after["asr"] < before["asr"] - 10 and after["c_acc"] > 80, (before, after)
+    # no threshold to try: nothing is pruned and the model is unchanged
+    same, info0 = build_defense({**cfg, "iterations": 2, "thresholds": []}).run(copy.deepcopy(m), clean, seed=0)
+    assert info0["pruned_neurons"] == 0 and not info0["changed"] and _same(same, m)
+
+
+def test_ibau_hypergradient_reduces_to_the_direct_gradient_without_fixed_point_steps(backdoored, clean):
+    from dormant.augment import to_float
+    from dormant.defenses.ibau import IBAU_DEFAULTS, hypergradient
+
+    m, _, _ = backdoored
+    net = copy.deepcopy(m).eval()
+    params = [p for p in net.parameters()]
+    x, y = to_float(clean.x[:8]), clean.y[:8]
+    delta = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.1
+    pick = torch.tensor([0, 3])
+    g0 = hypergradient(net, params, delta, x, y, pick, {**IBAU_DEFAULTS, "K": 0})
+    patch = torch.zeros_like(x)
+    patch[pick] = delta[0]
+    direct = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x + patch), y), params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, direct))
+    g5 = hypergradient(net, params, delta, x, y, pick, {**IBAU_DEFAULTS, "K": 5})
+    assert any(not torch.allclose(a, b, atol=1e-8) for a, b in zip(g5, direct))  # the implicit term is there
+
+
+def test_ibau_and_sau_keep_architecture_and_budget_are_deterministic_and_lower_asr(backdoored, clean, synthetic):
+    m, atk, _ = backdoored
+    before = evaluate(m, synthetic["test"], atk)
+    for cfg, n in (({"type": "ibau", "rounds": 5, "batch_size": 16}, 5),
+                   ({"type": "sau", "epochs": 5, "batch_size": 16}, 5)):
+        out, info = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+        assert type(out) is type(m) and out.state_dict().keys() == m.state_dict().keys()
+        assert len(info["history"]) == n and info["changed"]
+        if cfg["type"] == "ibau":
+            assert all(r["uap_l2"] <= 2.5 + 1e-5 for r in info["history"])
+        again, _ = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
+        assert _same(again, out)
+        after = evaluate(out, synthetic["test"], atk)
+        assert after["asr"] < before["asr"] - 10 and after["c_acc"] > 80, (cfg, before, after)
+
+
+def test_sau_shared_perturbation_respects_its_budget_and_js_divergence_basics(backdoored, clean):
+    from dormant.augment import to_float
+    from dormant.defenses.loop import frozen_copy
+    from dormant.defenses.sau import SAU_DEFAULTS, js_divergence, shared_pgd
+
+    m, _, _ = backdoored
+    net = copy.deepcopy(m).eval()
+    x, y = to_float(clean.x[:16]), clean.y[:16]
+    pert = shared_pgd(net, frozen_copy(m), x, y, {**SAU_DEFAULTS, "eps": 0.1, "step": 0.05})
+    assert pert.abs().max() <= 0.1 + 1e-7 and pert.shape == x.shape
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    assert torch.allclose(js_divergence(a, a), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(js_divergence(a, b), js_divergence(b, a), atol=1e-6)
+    assert bool((js_divergence(a, b) <= math.log(2) + 1e-6).all())

@@ -63,12 +63,12 @@ def test_tiny_workflow_runs_to_completion_through_the_slurm_executor(cluster, tm
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm-ci"]
     r = run(cmd, wd, timeout=1200)
     out = r.stdout + r.stderr
-    assert "31 of 31 steps (100%) done" in out, out[-3000:]
+    assert "32 of 32 steps (100%) done" in out, out[-3000:]
 
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     jobs = _jobs_of_run(run_id)
     rules = sorted(j["rule"] for j in jobs)
-    assert len(jobs) == 30, rules  # every job but the local target rule `all` went through sbatch
+    assert len(jobs) == 31, rules  # every job but the local target rule `all` went through sbatch
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
     for j in jobs:  # GPU requests come from the profile, memory from rule or profile
         assert ("gpu:1" in j["tres"]) == (j["rule"] in GPU_RULES), j

@@ -66,6 +66,23 @@ def test_table_rows_and_invariants(workdir):
     assert (mm["min"].abs() < 1e-9).all() and ((mm["max"] - 1).abs() < 1e-9).all()
 
 
+def test_defense_grid_table_shows_each_defense_and_what_nc_flagged(workdir):
+    df = pd.read_csv(workdir / "results/tiny/report/defense_grid.csv", keep_default_na=False)
+    assert len(df) == 2 * (1 + len(TINY_DEFENSES))
+    for a in ("badnets", "blended"):
+        rows = df[df.attack == a]
+        assert list(rows["defense"])[0] == "backdoor" and set(rows["defense"]) == {"backdoor", *TINY_DEFENSES}
+        metrics = json.loads((workdir / f"results/tiny/analysis/{a}/nc/metrics.json").read_text())["metrics"]
+        nc = rows[rows.defense == "nc"].iloc[0]
+        assert float(nc["asr"]) == pytest.approx(metrics["asr"], abs=1e-4)
+        side = json.loads((workdir / f"results/tiny/models/{a}/nc/model.json").read_text())
+        assert nc["flagged"] == (" ".join(map(str, side["flagged"])) or "none")
+        assert str(nc["changed"]) == str(side["changed"]) and str(side["changed"]) == str(bool(side["flagged"]))
+        assert str(rows[rows.defense == "ft"].iloc[0]["changed"]) == "True"
+    assert "| badnets | nc | nc |" in (workdir / "results/tiny/report/defense_grid.md").read_text()
+    assert (workdir / "results/tiny/report/defense_grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_training_histories_are_written_per_model(workdir):
     h = workdir / "results/tiny/report/history"
     assert sorted(p.name for p in h.iterdir()) == sorted(
@@ -121,7 +138,7 @@ def test_changing_one_defense_reruns_only_that_defense(workdir):
     """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models,
     the other analyses and the attacker's surrogates (its own defense settings) do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
-    expected = {("report", ""), ("report_blackbox", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
     assert jobs == expected
@@ -142,7 +159,7 @@ def test_changing_an_attacker_defense_reruns_only_the_transfer_attack(workdir):
 def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
     expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", ""),
-                ("report_blackbox", "")}
+                ("report_blackbox", ""), ("report_defenses", "")}
     expected |= {("defend", f"attack=blended, defense={d}") for d in TINY_DEFENSES}
     for s, sur in TINY_SURROGATES.items():
         if sur["arch"] != "cnn_tiny":  # the victim's architecture: the attacker reuses its backdoored model
@@ -210,9 +227,10 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     r = snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
     c = job_counts(r.stdout + r.stderr)
-    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 16, c
-    assert c["metrics"] == c["bec"] == c["reactivate"] == 20 and c["observe"] == 4 and c["report"] == 1, c
-    assert c["query"] == c["transfer_evaluate"] == 20 and c["evidence"] == 18 and c["report_blackbox"] == 1, c
+    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 24, c  # 2 attacks x 12 defenses
+    assert c["metrics"] == c["bec"] == c["reactivate"] == 28 and c["observe"] == 4 and c["report"] == 1, c
+    assert c["query"] == c["transfer_evaluate"] == 28 and c["evidence"] == 26 and c["report_blackbox"] == 1, c
+    assert c["report_defenses"] == 1, c
     assert c["train_surrogate"] == 6 and c["defend_surrogate"] == 16 and c["transfer_optimise"] == 8, c
     assert c["attacker_subset"] == 1, c
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
@@ -240,7 +258,7 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
     network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe", "query",
                "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
-                                        "report_blackbox"}
+                                        "report_blackbox", "report_defenses"}
     for rule, values in resources.items():
         for v in values:
             assert ("gpu=1" in v) == (rule in network), (rule, v)

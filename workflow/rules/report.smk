@@ -49,6 +49,19 @@ BLACKBOX_FILES = {
     "fig_noise": f"{R}/report/evidence_noise.png",
 }
 REPORT_FILES += list(BLACKBOX_FILES.values())
+_GRID_ORDER = ["ft", "fp", "nad", "nc", "anp", "ibau", "ftsam", "sau", "fst", "clp", "aft", "pbe"]  # as in the issue
+# The attack x defense grid: metrics of the backdoored and every defended model, and what each defense decided.
+GRID_ROWS = [
+    {"attack": a, "defense": m, "type": config["defenses"][m]["type"] if m in DEFENSES else m,
+     "metrics": f"{R}/analysis/{a}/{m}/metrics.json",
+     "sidecar": f"{R}/models/{a}/{m}/model.json" if m in DEFENSES else None}
+    for a in ATTACKS
+    for m in ["backdoor"] + sorted(DEFENSES, key=lambda d: (_GRID_ORDER.index(config["defenses"][d]["type"])
+                                                          if config["defenses"][d]["type"] in _GRID_ORDER else 99, d))
+]
+GRID_FILES = {"csv": f"{R}/report/defense_grid.csv", "md": f"{R}/report/defense_grid.md",
+              "fig": f"{R}/report/defense_grid.png"}
+REPORT_FILES += list(GRID_FILES.values())
 
 
 rule report:
@@ -122,3 +135,26 @@ rule report_blackbox:
         "dormant report-blackbox --params {params.p:q} --rows {params.rows:q} "
         + " ".join(f"--{k.replace('_', '-')} {{output.{k}:q}}" for k in BLACKBOX_FILES)
         + " > {log:q} 2>&1"
+
+
+rule report_defenses:
+    output:
+        csv=report(GRID_FILES["csv"], caption="../report/defense_grid.rst", category="Tables"),
+        md=GRID_FILES["md"],
+        fig=report(GRID_FILES["fig"], caption="../report/defense_grid.rst", category="Figures"),
+    input:
+        metrics=[r["metrics"] for r in GRID_ROWS],
+        sidecars=[r["sidecar"] for r in GRID_ROWS if r["sidecar"]],
+        code=lib("report_defenses.py", "report.py"),
+    params:
+        rows=as_json(GRID_ROWS),
+    log:
+        f"{LOGS}/report_defenses.log",
+    conda:
+        "../envs/dormant.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "dormant report-defenses --params '{{}}' --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
+        "--fig {output.fig:q} > {log:q} 2>&1"

@@ -12,7 +12,7 @@ import inspect
 import json
 import sys
 
-from . import runtime, stages, stages_blackbox
+from . import report_defenses, runtime, stages, stages_blackbox
 from .errors import DormantError
 
 STAGES = {
@@ -30,6 +30,7 @@ STAGES = {
     "transfer-evaluate": stages_blackbox.transfer_evaluate,
     "evidence": stages_blackbox.evidence,
     "report-blackbox": stages_blackbox.report_blackbox,
+    "report-defenses": report_defenses.report_defenses,
     "report": stages.report,
 }
 JSON_ARGS = {"rows", "triggers", "histories", "observations", "defenses", "surrogates", "deltas"}
