@@ -11,7 +11,7 @@ def test_every_stage_has_a_command_with_its_path_arguments():
     assert (args.stage, args.clean, args.bec) == ("bec", "c", "o")
     assert set(STAGES) == {"prepare-data", "clean-subset", "trigger", "train", "defend", "metrics", "bec",
                            "reactivate", "observe", "report", "query", "transfer-optimise", "transfer-evaluate",
-                           "evidence", "report-blackbox"}
+                           "evidence", "report-blackbox", "report-defenses"}
 
 
 def test_every_command_the_rules_call_exists():

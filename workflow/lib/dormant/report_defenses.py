@@ -55,10 +55,10 @@ def grid_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def figure_grid(df: pd.DataFrame, path) -> None:
-    """C-ACC and ASR heatmaps (attacks x defenses, the backdoored model first)."""
+    """C-ACC and ASR heatmaps, one above the other (attacks x defenses, the backdoored model first)."""
     defenses = list(dict.fromkeys(df["defense"]))
     attacks = list(dict.fromkeys(df["attack"]))
-    fig, axes = plt.subplots(1, 2, figsize=(1.0 + 0.75 * len(defenses) * 2, 1.2 + 0.45 * len(attacks)),
+    fig, axes = plt.subplots(2, 1, figsize=(1.5 + 0.6 * len(defenses), 2 * (1.0 + 0.4 * len(attacks))),
                              constrained_layout=True)
     for ax, col, cmap in zip(axes, ("c_acc", "asr"), ("Greens", "Reds")):
         piv = df.pivot(index="attack", columns="defense", values=col).reindex(index=attacks, columns=defenses)
