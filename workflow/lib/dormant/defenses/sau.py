@@ -40,11 +40,14 @@ def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tenso
     return 0.5 * (p * (p.log() - m.log())).sum(1) + 0.5 * (q * (q.log() - m.log())).sum(1)
 
 
-def shared_pgd(model, ref, x, y, cfg: dict) -> torch.Tensor:
-    """Step 1: a shared adversarial perturbation per image (detached)."""
+def shared_pgd(model, ref, x, y, cfg: dict, own_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """Step 1: a shared adversarial perturbation per image (detached). ``own_ref``: the frozen reference's
+    labels of ``x``, if the caller has them already."""
     device = x.device
     with torch.no_grad(), autocast(device):
-        own, own_ref = model(x).argmax(1), ref(x).argmax(1)
+        own = model(x).argmax(1)
+        if own_ref is None:
+            own_ref = ref(x).argmax(1)
     pert = torch.full_like(x, cfg["eps"])  # the reference code's "max" start
     n = len(x)
     for _ in range(cfg["steps"]):
@@ -65,14 +68,14 @@ def shared_pgd(model, ref, x, y, cfg: dict) -> torch.Tensor:
     return pert.detach()
 
 
-def sau_loss(model, ref, x, y, pert, lambdas) -> torch.Tensor:
-    """Step 2's objective for one batch."""
+def sau_loss(model, ref, x, y, pert, lambdas, own_ref: torch.Tensor) -> torch.Tensor:
+    """Step 2's objective for one batch (``own_ref``: the frozen reference's labels of ``x``)."""
     device = x.device
     xa = (x + pert).clamp(0, 1)
     with autocast(device):
         logits, adv_logits = model(torch.cat([x, xa])).float().split(len(x))
     with torch.no_grad(), autocast(device):
-        own_ref, adv_ref = ref(x).argmax(1), ref(xa).argmax(1)
+        adv_ref = ref(xa).argmax(1)
     loss_cl = F.cross_entropy(logits, y)
     loss_at = F.cross_entropy(adv_logits, y)
     fooled_ref = (adv_ref != y) & (adv_ref != own_ref)
@@ -100,8 +103,10 @@ class SharedAdversarialUnlearning(Defense):
         for epoch in tqdm(range(cfg["epochs"]), desc="sau", disable=None, mininterval=30):
             total, n = 0.0, 0
             for x, y in batches(clean, cfg["batch_size"], g):
-                pert = shared_pgd(model, ref, x, y, cfg)
-                loss = sau_loss(model, ref, x, y, pert, cfg["lambdas"])
+                with torch.no_grad(), autocast(x.device):
+                    own_ref = ref(x).argmax(1)  # the reference is frozen: once per batch serves both steps
+                pert = shared_pgd(model, ref, x, y, cfg, own_ref)
+                loss = sau_loss(model, ref, x, y, pert, cfg["lambdas"], own_ref)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
