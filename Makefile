@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PROFILE ?= profiles/slurm
 PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
-.PHONY: setup run test lint dryrun-paper grid restore cluster paper-cluster dryrun-paper-cluster
+.PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ dryrun-paper: setup
 # metrics only, then results/grid/report/defense_grid.{csv,md,png}.
 grid: setup
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/grid.yaml -- results/grid/report/defense_grid.csv
+
+# The attack zoo on the CPU (config/attacks.yaml; docs/benchmarks.md): all eight attacks' backdoored models
+# and their metrics, then results/attacks/report/attacks.{csv,md} and triggers.png.
+attacks: setup
+	$(BIN)/python workflow/scripts/benchmark_attacks.py --run --cores $(CORES)
 
 # After a fresh clone: fetch the results of dvc.lock from the DVC remote and mark them current for
 # Snakemake (see workflow/scripts/dvc_restore.sh).

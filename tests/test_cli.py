@@ -9,8 +9,8 @@ def test_every_stage_has_a_command_with_its_path_arguments():
     args = p.parse_args(["bec", "--params", "{}", "--dataset", "d", "--trigger", "t", "--model", "m",
                          "--backdoored", "b", "--clean", "c", "--bec", "o"])
     assert (args.stage, args.clean, args.bec) == ("bec", "c", "o")
-    assert set(STAGES) == {"prepare-data", "clean-subset", "trigger", "train", "defend", "metrics", "bec",
-                           "reactivate", "observe", "report", "query", "transfer-optimise", "transfer-evaluate",
+    assert set(STAGES) == {"prepare-data", "clean-subset", "attack-resource", "trigger", "train", "defend", "metrics",
+                           "bec", "reactivate", "observe", "report", "query", "transfer-optimise", "transfer-evaluate",
                            "evidence", "report-blackbox", "report-defenses"}
 
 

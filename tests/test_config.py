@@ -13,6 +13,13 @@ def test_shipped_configs_are_valid(repo, params, tiny_params):
     config.validate(params)
     config.validate(tiny_params)
     config.load(repo / "config" / "paper.yaml")
+    for overlay in ("attacks", "gtsrb", "tiny-imagenet", "grid"):
+        merged = {**params, **yaml.safe_load((repo / "config" / f"{overlay}.yaml").read_text())}
+        merged["data"] = {**params["data"], **merged["data"]}
+        if merged["data"]["source"] == "path":  # the file is the user's; validation checks that it exists
+            merged["data"]["path"] = str(repo / "data" / "cifar10-demo.tar.gz")
+        merged["defenses"] = {**params["defenses"], **merged["defenses"]}
+        config.validate(merged)
 
 
 def test_paper_preset(repo):
@@ -21,6 +28,7 @@ def test_paper_preset(repo):
     assert p["data"]["dataset"] == "cifar10" and p["data"]["train_per_class"] is None
     assert p["defense_data"]["clean_ratio"] == 0.05
     assert all(a["ratio"] == 0.1 and a["target"] == 0 for a in p["attacks"].values())
+    assert sorted(a["type"] for a in p["attacks"].values()) == ATTACKS.names()  # all eight attacks
     assert p["reactivation"]["eps"] == 0.05 and p["reactivation"]["n_images"] == 1000
 
 

@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from .workflow_helpers import REPO, copy_workflow, job_blocks, job_counts, planned_jobs, snakemake, write_config
@@ -30,6 +31,8 @@ def test_every_artifact_exists_with_sidecar(workdir):
         assert (r / rel).is_file(), rel
     for a in cfg["attacks"]:
         assert (r / f"attacks/{a}/trigger.safetensors").is_file()
+        trained = json.loads((r / f"models/{a}/backdoor/trigger.json").read_text())
+        assert trained["metrics"]["learned_in_training"] is False
         for m in ["backdoor", *TINY_DEFENSES]:
             side = json.loads((r / f"models/{a}/{m}/model.json").read_text())
             assert side["seed"] == 0 and side["code_version"]["source_sha256"] and "config" in side
@@ -216,22 +219,22 @@ def test_missing_dataset_path_fails_before_any_job(workdir):
 
 
 def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
-    """The paper grid: 1 clean + 2 backdoored models, 8 defenses (FT, AFT, PBE, FP, NAD, CLP, FT-SAM, FST) x 2
-    attacks, 10 models x 2 attacks analysed, PBE's observation for 2 models x 2 attacks, the transfer
-    attack's surrogates (three other architectures trained per attack; 4 sets x 2 defenses x 2 attacks
-    defended); params.yaml's
-    entries must not leak in (here an extra attack is added to params.yaml)."""
+    """The paper grid: 1 clean + 8 backdoored models, 12 defenses x 8 attacks, 14 models x 8 attacks analysed,
+    the resource stages of LF, SSBA, Input-Aware and TrojanNN, PBE's observation for 2 models x 8 attacks, the
+    transfer attack's surrogates (three other architectures trained per attack; 4 sets x 2 defenses x 8
+    attacks defended); params.yaml's entries must not leak in (here an extra attack is added to params.yaml)."""
     copy_workflow(tmp_path)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["attacks"]["extra"] = {"type": "badnets", "ratio": 0.1, "target": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     r = snakemake(tmp_path, "-n", "--replace-workflow-config", configfile="config/paper.yaml")
     c = job_counts(r.stdout + r.stderr)
-    assert c["train_clean"] == 1 and c["train_backdoor"] == 2 and c["defend"] == 24, c  # 2 attacks x 12 defenses
-    assert c["metrics"] == c["bec"] == c["reactivate"] == 28 and c["observe"] == 4 and c["report"] == 1, c
-    assert c["query"] == c["transfer_evaluate"] == 28 and c["evidence"] == 26 and c["report_blackbox"] == 1, c
+    assert c["train_clean"] == 1 and c["train_backdoor"] == 8 and c["defend"] == 96, c  # 8 attacks x 12 defenses
+    assert c["attack_resource"] == 4 and c["trigger"] == 8, c
+    assert c["metrics"] == c["bec"] == c["reactivate"] == 112 and c["observe"] == 16 and c["report"] == 1, c
+    assert c["query"] == c["transfer_evaluate"] == 112 and c["evidence"] == 104 and c["report_blackbox"] == 1, c
     assert c["report_defenses"] == 1, c
-    assert c["train_surrogate"] == 6 and c["defend_surrogate"] == 16 and c["transfer_optimise"] == 8, c
+    assert c["train_surrogate"] == 24 and c["defend_surrogate"] == 64 and c["transfer_optimise"] == 32, c
     assert c["attacker_subset"] == 1, c
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
 
@@ -255,8 +258,8 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if res and rule != "all":
             resources.setdefault(rule, set()).add(res.group(1))
-    network = {"train_clean", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe", "query",
-               "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
+    network = {"train_clean", "attack_resource", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe",
+               "query", "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
                                         "report_blackbox", "report_defenses"}
     for rule, values in resources.items():
@@ -275,7 +278,8 @@ def test_transfer_optimisation_never_reads_a_target_model(workdir):
         if rule not in seen:
             continue
         inputs = re.search(r"^\s+input: (.*)$", b, re.M).group(1).split(", ")
-        targets = [p for p in inputs if p.startswith("results/tiny/models/")]
+        # models only: the trigger as trained (models/<attack>/backdoor/trigger.safetensors) is the attacker's own
+        targets = [p for p in inputs if p.startswith("results/tiny/models/") and p.endswith("/model.safetensors")]
         seen[rule] += 1
         if rule == "transfer_optimise":
             assert not targets, b
@@ -298,3 +302,37 @@ def test_l2_overlay_switches_every_reactivation_budget(repo):
         assert shells and all('\\"norm\\": \\"l2\\"' in b or '"norm": "l2"' in b for b in shells), rule
         assert not any('"linf"' in b for b in shells), rule
     assert "results/default-l2/analysis/badnets/ft/query.json" in out
+
+
+def test_resource_stages_feed_the_trigger_and_training_saves_what_the_attack_learned(workdir):
+    """LF's pattern is found against the clean model (rule attack_resource), Input-Aware's mask network is
+    pretrained there; training saves Input-Aware's learned generator as the trigger later stages use."""
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    cfg["name"] = "tinyzoo"
+    cfg["attacks"] = {
+        "lf": {"type": "lf", "ratio": 0.1, "target": 0, "epochs": 1, "n_images": 64, "batch_size": 32},
+        "input_aware": {"type": "input_aware", "ratio": 0.1, "target": 0, "mask_epochs": 1, "batch_size": 32,
+                        "width": 4},
+    }
+    write_config(workdir / "zoo.yaml", cfg)
+    r = snakemake(workdir, "results/tinyzoo/analysis/lf/backdoor/metrics.json",
+                  "results/tinyzoo/analysis/input_aware/backdoor/metrics.json", configfile="zoo.yaml")
+    log = r.stdout + r.stderr
+    assert {j for j in planned_jobs(log) if j[0] == "attack_resource"} == {
+        ("attack_resource", "attack=lf"), ("attack_resource", "attack=input_aware")}
+    res = workdir / "results/tinyzoo/attacks"
+    assert json.loads((res / "lf/resource.json").read_text())["metrics"]["max"] <= 51 / 255 + 1e-6
+    from dormant.attacks import load_attack
+    from dormant.io import load_tensors
+
+    initial = load_attack(res / "input_aware/trigger.safetensors")
+    trained = load_attack(workdir / "results/tinyzoo/models/input_aware/backdoor/trigger.safetensors")
+    g0, g1 = initial.G.state_dict(), trained.G.state_dict()
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0)  # the generator learned during training
+    assert all(torch.equal(initial.M.state_dict()[k], v) for k, v in trained.M.state_dict().items())
+    assert torch.equal(initial.poison_index, trained.poison_index)
+    lf_initial, _ = load_tensors(res / "lf/trigger.safetensors")
+    lf_trained, _ = load_tensors(workdir / "results/tinyzoo/models/lf/backdoor/trigger.safetensors")
+    assert lf_initial.keys() == lf_trained.keys() and all(torch.equal(lf_initial[k], lf_trained[k]) for k in lf_initial)
+    m = json.loads((workdir / "results/tinyzoo/analysis/input_aware/backdoor/metrics.json").read_text())["metrics"]
+    assert {"c_acc", "asr", "ra"} <= m.keys()

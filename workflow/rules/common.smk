@@ -4,6 +4,7 @@ import os
 import sys
 
 from dormant.config import validate as _validate
+from dormant.attacks import ATTACKS as _ATTACK_TYPES
 from dormant.defenses import DEFENSES as _DEFENSE_TYPES
 from dormant.errors import ConfigError as _ConfigError
 
@@ -60,7 +61,23 @@ def model_file(attack, model):
 
 DATASET = f"{R}/data/dataset.safetensors"
 SUBSET = f"{R}/data/clean_subset.json"
-TRIGGER = f"{R}/attacks/{{attack}}/trigger.safetensors"
+CLEAN_MODEL = f"{R}/models/clean/model.safetensors"
+# An attack's resource (LF pattern, SSBA encoder, TrojanNN trigger, Input-Aware mask net), then its
+# trigger + poison index before training; training saves the attack as it stands after training (what
+# Input-Aware's generator learned), and that file is the trigger of every later stage.
+RESOURCE = f"{R}/attacks/{{attack}}/resource.safetensors"
+INITIAL_TRIGGER = f"{R}/attacks/{{attack}}/trigger.safetensors"
+TRIGGER = f"{R}/models/{{attack}}/backdoor/trigger.safetensors"
+
+
+def attack_class(attack):
+    return _ATTACK_TYPES.get(config["attacks"][attack]["type"])
+
+
+def attack_code(attack):
+    """The attack's own module plus the shared attack code."""
+    return lib("attacks/__init__.py", "attacks/base.py", "attacks/nets.py",
+               f"attacks/{config['attacks'][attack]['type']}.py")
 
 
 def analysed_model(w):

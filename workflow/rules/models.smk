@@ -35,10 +35,13 @@ rule train_backdoor:
     output:
         model=f"{R}/models/{{attack}}/backdoor/model.safetensors",
         meta=f"{R}/models/{{attack}}/backdoor/model.json",
+        trigger=TRIGGER,
+        trigger_meta=f"{R}/models/{{attack}}/backdoor/trigger.json",
     input:
         data=DATASET,
-        trigger=TRIGGER,
+        trigger=INITIAL_TRIGGER,
         code=TRAIN_LIB,
+        code_attack=lambda w: attack_code(w.attack),
     params:
         p=lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]}),
         ckpt=f"{RESUME}/{{attack}}_backdoor.safetensors",
@@ -55,7 +58,7 @@ rule train_backdoor:
         runtime=720,
     shell:
         "dormant --threads {threads} train --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
-        "--model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
+        "--trained-trigger {output.trigger:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
 
 
 rule defend:

@@ -18,6 +18,7 @@ from .errors import DormantError
 STAGES = {
     "prepare-data": stages.prepare_data,
     "clean-subset": stages.clean_subset,
+    "attack-resource": stages.attack_resource,
     "trigger": stages.make_trigger,
     "train": stages.train_model,
     "defend": stages.defend,

@@ -7,6 +7,12 @@ Sources (``data.source`` in params.yaml):
 * ``torchvision`` -- ``torchvision.datasets.CIFAR10`` (downloads into ``data.root``)
 * ``synthetic``   -- a seeded, learnable synthetic dataset for unit tests
 
+``data.dataset`` picks the dataset (default ``cifar10``; ``synthetic`` goes with source ``synthetic``):
+
+* ``gtsrb``         -- source ``torchvision`` downloads GTSRB into ``data.root``; source ``path`` reads
+  torchvision's ``gtsrb/`` layout under ``data.path`` (images resized to 32x32; see sources.py)
+* ``tiny_imagenet`` -- source ``path`` only: ``tiny-imagenet-200.zip`` or its extracted folder (test = val)
+
 Whatever the source, the result is an :class:`ImageSet` pair (train, test) of ``uint8 [N, C, H, W]``
 images and ``int64 [N]`` labels that the pipeline writes once to a safetensors file and keeps on the
 compute device for the rest of its life: no per-sample Python or PIL in any hot loop.
@@ -178,8 +184,38 @@ def make_synthetic(num_classes: int = 10, train_per_class: int = 100, test_per_c
     return out
 
 
+def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
+    """GTSRB and Tiny-ImageNet (see sources.py) by ``cfg['source']``."""
+    from . import sources
+
+    src = cfg["source"]
+    tr, te = cfg.get("train_per_class"), cfg.get("test_per_class")
+    if src == "path" and not cfg.get("path"):
+        raise DataError(f"data.path must be set when data.source is 'path' (data.dataset: {dataset})")
+    if dataset == "gtsrb":
+        size = cfg.get("image_size") or 32
+        if src == "torchvision":
+            root = os.path.expanduser(cfg.get("root") or "data/torchvision")
+            return sources.load_gtsrb(root, image_size=size, download=True, train_per_class=tr, test_per_class=te)
+        if src == "path":
+            return sources.load_gtsrb(os.path.expanduser(cfg["path"]), image_size=size, download=False,
+                                      train_per_class=tr, test_per_class=te)
+    elif dataset == "tiny_imagenet":
+        if src == "torchvision":
+            raise DataError("data.source: torchvision has no Tiny-ImageNet dataset; set data.source: path and "
+                            "data.path to tiny-imagenet-200.zip (or its extracted folder)")
+        if src == "path":
+            return sources.load_tiny_imagenet(os.path.expanduser(cfg["path"]), train_per_class=tr, test_per_class=te)
+    else:
+        raise DataError(f"data.dataset: unknown dataset {dataset!r} (cifar10, synthetic, gtsrb, tiny_imagenet)")
+    raise DataError(f"data.source: {src!r} is not available for data.dataset {dataset!r} (use torchvision or path)")
+
+
 def load_source(cfg: dict) -> dict[str, ImageSet]:
-    """Dispatch on ``cfg['source']`` (the ``data`` section of params.yaml)."""
+    """Dispatch on ``cfg['dataset']`` (default cifar10) and ``cfg['source']`` (the ``data`` section of params.yaml)."""
+    dataset = cfg.get("dataset") or "cifar10"
+    if dataset not in ("cifar10", "synthetic"):
+        return _load_other_dataset(dataset, cfg)
     src = cfg["source"]
     tr, te = cfg.get("train_per_class"), cfg.get("test_per_class")
     if src == "demo":

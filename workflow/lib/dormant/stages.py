@@ -14,10 +14,11 @@ import torch
 
 from . import bec as bec_mod
 from . import training
-from .attacks import create_attack, load_attack, save_attack
+from .attacks import build_attack, create_attack, load_attack, make_resources, save_attack
 from .checkpoints import load_model, save_model
 from .data import load_dataset, load_source, save_dataset
 from .defenses import build_defense
+from .errors import DataError
 from .io import read_json, save_tensors, sidecar, write_json
 from .metrics import defense_effectiveness_rate, evaluate
 from .models import build_model
@@ -58,11 +59,33 @@ def clean_subset(params: dict, *, dataset: str, subset: str) -> None:
     write_json(subset, {**sidecar(params, params["seed"], {"n": len(idx)}), "indices": idx.tolist()})
 
 
-def make_trigger(params: dict, *, dataset: str, trigger: str) -> None:
+def attack_resource(params: dict, *, dataset: str, resource: str, clean: str | None = None, device="cpu") -> None:
+    """The heavy trigger resource of one attack (section 4): LF's pattern and TrojanNN's trigger against the
+    clean model ``clean``, SSBA's encoder/decoder and Input-Aware's mask network trained on the dataset."""
+    sets = load_dataset(dataset, device)
+    cfg = params["attack"]
+    model = load_model(clean, device) if clean else None
+    tensors, info = make_resources(cfg, sets["train"], sets["train"].num_classes, params["seed"], clean_model=model,
+                                   device=device)
+    save_tensors(tensors, resource, {"config": cfg, "name": params["name"]})
+    write_json(_json_sidecar(resource), sidecar(params, params["seed"], info))
+    log.info("resource of %s: %s", params["name"], {k: v for k, v in info.items() if not isinstance(v, list)})
+
+
+def make_trigger(params: dict, *, dataset: str, trigger: str, resource: str | None = None) -> None:
     """Trigger resources and poison index of one attack (section 4), saved so later stages rebuild it exactly."""
+    from .io import load_tensors
+
     sets = load_dataset(dataset)
     cfg = params["attack"]
-    atk = create_attack(cfg, sets["train"].x, sets["train"].y, sets["train"].num_classes, params["seed"])
+    resources = None
+    if build_attack(cfg, sets["train"].image_shape, sets["train"].num_classes).resource_stage:
+        if not resource:
+            raise DataError(f"attacks.{params['name']}: type {cfg['type']!r} needs its resource file (--resource)")
+        resources, meta = load_tensors(resource)
+        if meta.get("config") != cfg:
+            raise DataError(f"{resource} was made for another config of attacks.{params['name']}; rerun its stage")
+    atk = create_attack(cfg, sets["train"].x, sets["train"].y, sets["train"].num_classes, params["seed"], resources)
     n_p = len(atk.poison_index)
     already_target = int((sets["train"].y[atk.poison_index] == atk.target).sum())
     info = {"n_poison": n_p, "poison_ratio": n_p / len(sets["train"]), "poison_already_target": already_target}
@@ -71,8 +94,12 @@ def make_trigger(params: dict, *, dataset: str, trigger: str) -> None:
 
 
 def train_model(params: dict, *, dataset: str, model: str, trigger: str | None = None,
-                checkpoint: str | None = None, device="cpu") -> None:
-    """Clean (no trigger) or backdoored (with trigger) training; resumable through ``checkpoint``."""
+                trained_trigger: str | None = None, checkpoint: str | None = None, device="cpu") -> None:
+    """Clean (no trigger) or backdoored (with trigger) training; resumable through ``checkpoint``.
+
+    With ``trained_trigger`` the attack as it stands after training is saved there: an attack that learns
+    jointly with the victim (Input-Aware) learns here, and that file is every later stage's trigger.
+    Without it the attack is frozen (e.g. the attacker's surrogates, trained with the final trigger)."""
     sets = load_dataset(dataset, device)
     train_set, test_set = sets["train"], sets["test"]
     torch.manual_seed(params["seed"])
@@ -81,8 +108,15 @@ def train_model(params: dict, *, dataset: str, model: str, trigger: str | None =
     mask = atk.poison_mask(len(train_set), device) if atk is not None else None
     history = training.train(net, train_set, params["train"], seed=params["seed"], attack=atk, poison_mask=mask,
                              checkpoint=checkpoint, eval_fn=lambda m: evaluate(m, test_set, atk),
-                             desc="backdoor" if atk else "clean")
+                             learn_attack=trained_trigger is not None, desc="backdoor" if atk else "clean")
     metrics = evaluate(net, test_set, atk)
+    if trained_trigger:
+        if atk is None:
+            raise DataError("--trained-trigger needs --trigger")
+        save_attack(atk, trained_trigger, {"trained_with": model, "learned": atk.learns_in_training})
+        write_json(_json_sidecar(trained_trigger), sidecar(
+            params, params["seed"], {**metrics, "learned_in_training": atk.learns_in_training,
+                                     "n_poison": len(atk.poison_index)}, trained_with=model))
     save_model(net, model, arch=params["model"]["arch"], num_classes=train_set.num_classes, config=params,
                seed=params["seed"], metrics=metrics, history=history)
     log.info("final metrics %s", metrics)

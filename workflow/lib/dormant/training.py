@@ -71,14 +71,40 @@ def _load_optimizer_tensors(model, opt, tensors) -> None:
             opt.state[p]["momentum_buffer"] = tensors[key].to(p.device, p.dtype).clone()
 
 
-def save_checkpoint(path, model, opt, epoch: int, generator: torch.Generator, history: list, cfg_key: str) -> None:
+def _attack_tensors(attack, attack_opt) -> dict[str, torch.Tensor]:
+    """What a learning attack has learned so far, and its optimiser's state (for resuming)."""
+    if attack_opt is None:
+        return {}
+    out = {f"attack.{k}": v for k, v in attack.state_dict().items()}
+    for i, st in attack_opt.state_dict()["state"].items():
+        out.update({f"attack_opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
+    return out
+
+
+def _load_attack_tensors(attack, attack_opt, tensors) -> None:
+    if attack_opt is None:
+        return
+    attack.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("attack.")})
+    attack.train_mode(True)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("attack_opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    attack_opt.load_state_dict({"state": state, "param_groups": attack_opt.state_dict()["param_groups"]})
+
+
+def save_checkpoint(path, model, opt, epoch: int, generator: torch.Generator, history: list, cfg_key: str,
+                    attack=None, attack_opt=None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(_optimizer_tensors(model, opt))
+    tensors.update(_attack_tensors(attack, attack_opt))
     tensors["rng"] = generator.get_state()
-    save_tensors(tensors, path, {"epoch": epoch, "history": history, "config_hash": cfg_key})
+    save_tensors({k: v.contiguous() for k, v in tensors.items()}, path,
+                 {"epoch": epoch, "history": history, "config_hash": cfg_key})
 
 
-def try_resume(path, model, opt, generator, cfg_key: str):
+def try_resume(path, model, opt, generator, cfg_key: str, attack=None, attack_opt=None):
     """Loads ``path`` if it exists and was written for the same config; returns (next_epoch, history)."""
     if path is None or not Path(path).exists():
         return 0, []
@@ -88,6 +114,7 @@ def try_resume(path, model, opt, generator, cfg_key: str):
         return 0, []
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _load_optimizer_tensors(model, opt, tensors)
+    _load_attack_tensors(attack, attack_opt, tensors)
     generator.set_state(tensors["rng"])
     log.info("resumed from %s after epoch %d", path, meta["epoch"] + 1)
     return meta["epoch"] + 1, meta["history"]
@@ -107,6 +134,7 @@ def train(
     batch_transform: Callable | None = None,
     sharpness: Callable | None = None,
     after_step: Callable | None = None,
+    learn_attack: bool = False,
     desc: str = "train",
 ) -> list[dict]:
     """Trains ``model`` in place on ``data`` (an ImageSet on the model's device); returns per-epoch history.
@@ -119,19 +147,27 @@ def train(
     nearby worse point (SAM) and returns a function that moves them back; the loss is then recomputed
     there and its gradient, taken after ``restore()``, is the one the optimizer steps with.
     ``after_step(model)`` runs after every optimizer step (e.g. a projection of some weights).
+    ``learn_attack``: an attack that ``learns_in_training`` (Input-Aware's generator) takes its own
+    optimiser step on the same loss after every step of the model (plus its ``training_loss``).
     """
     cfg = {**DEFAULTS, **cfg}
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg)
+    learning = learn_attack and getattr(attack, "learns_in_training", False)
+    attack_opt = None
+    if learning:
+        attack.train_mode(True)
+        attack_opt = attack.make_optimizer()
     # a checkpoint is only resumed by the same config, data, poisoning, starting weights and library code
     cfg_key = config_hash({
         "cfg": cfg, "seed": seed, "attack": getattr(attack, "cfg", None), "model": type(model).__name__,
         "data": tensor_digest(data.x, data.y, poison_mask),
         "init": tensor_digest(*model.state_dict().values()),
+        "attack_init": tensor_digest(*attack.state_dict().values()) if learning else None,
         "code": code_version()["source_sha256"],
     })
-    start, history = try_resume(checkpoint, model, opt, g, cfg_key)
+    start, history = try_resume(checkpoint, model, opt, g, cfg_key, attack, attack_opt)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     n = len(data)
@@ -164,7 +200,11 @@ def train(
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
                 if extra_loss is not None:
                     loss = loss + extra_loss(model, logits, x, y)
+            if learning and attack.training_loss() is not None:
+                loss = loss + attack.training_loss()
             opt.zero_grad(set_to_none=True)
+            if attack_opt is not None:
+                attack_opt.zero_grad(set_to_none=True)
             loss.backward()
             if sharpness is not None:
                 restore = sharpness(model)
@@ -174,6 +214,8 @@ def train(
                 again.backward()
                 restore()
             opt.step()
+            if attack_opt is not None:
+                attack_opt.step()
             if after_step is not None:
                 after_step(model)
             tot_loss += loss.detach() * len(y)
@@ -186,7 +228,9 @@ def train(
         log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg["epochs"],
                  " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key)
+            save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key, attack, attack_opt)
+    if learning:
+        attack.train_mode(False)
     if device.type == "cuda":
         model.to(memory_format=torch.contiguous_format)
     return history

@@ -1,7 +1,11 @@
-"""Attack registry. Adding an attack = one module here that registers a subclass of :class:`Attack`,
-plus its entry in params.yaml (and its keys in the JSON schema)."""
+"""Attack registry. Adding an attack = one module in this package registering a subclass of
+:class:`Attack` with ``@ATTACKS.register("name")``, plus its entry in params.yaml (and its keys in the
+JSON schema). Every module here is imported, so no list needs editing."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import torch
 
@@ -10,7 +14,9 @@ from ..registry import Registry
 ATTACKS: Registry[type] = Registry("attack")
 
 from .base import Attack  # noqa: E402
-from . import badnets, blended  # noqa: E402,F401  (registration side effects)
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_mod}")  # registration side effects
 
 
 def build_attack(cfg: dict, image_shape, num_classes: int) -> Attack:
@@ -18,17 +24,35 @@ def build_attack(cfg: dict, image_shape, num_classes: int) -> Attack:
     return ATTACKS.get(cfg["type"])(cfg, image_shape, num_classes)
 
 
-def create_attack(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, seed: int) -> Attack:
-    """Builds the attack, makes its trigger resources and draws its poison index, all from ``seed``."""
+def create_attack(cfg: dict, train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, seed: int,
+                  resources: dict[str, torch.Tensor] | None = None) -> Attack:
+    """Builds the attack, makes (or takes, from its resource stage) its trigger resources and draws its
+    poison index, all from ``seed``."""
     attack = build_attack(cfg, tuple(train_x.shape[1:]), num_classes)
     g = torch.Generator().manual_seed(seed)
+    if resources is not None:
+        attack.set_resources(resources)
+    elif attack.resource_stage:
+        raise ValueError(f"attack {cfg['type']!r} needs the resources of its resource stage "
+                         "(dormant.attacks.make_resources)")
     attack.init_resources(train_x, g)
     attack.select(train_y, g)
     return attack
 
 
+def make_resources(cfg: dict, train, num_classes: int, seed: int, clean_model=None, device="cpu"):
+    """Runs an attack's resource stage (a pattern against a clean model, a trained encoder, ...): returns
+    ``(resources, info)``. ``train`` is the training ImageSet on ``device``."""
+    attack = build_attack(cfg, train.image_shape, num_classes)
+    if attack.needs_clean_model and clean_model is None:
+        raise ValueError(f"attack {cfg['type']!r} builds its trigger against a clean model: pass clean_model")
+    g = torch.Generator().manual_seed(seed)
+    info = attack.build_resources(train, g, clean_model=clean_model, device=device) or {}
+    return {k: v.detach().cpu().contiguous() for k, v in attack.resources.items()}, info
+
+
 def load_attack(path, device="cpu") -> Attack:
-    """Rebuilds an attack saved by the ``trigger`` stage."""
+    """Rebuilds an attack saved by the ``trigger`` stage (or, with what it learned, by training)."""
     from ..io import load_tensors
 
     tensors, meta = load_tensors(path)
@@ -41,7 +65,8 @@ def save_attack(attack: Attack, path, extra_meta: dict | None = None) -> None:
     from ..io import save_tensors
 
     meta = {"config": attack.cfg, "image_shape": list(attack.image_shape), "num_classes": attack.num_classes}
-    save_tensors(attack.state_dict(), path, {**meta, **(extra_meta or {})})
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in attack.state_dict().items()}, path,
+                 {**meta, **(extra_meta or {})})
 
 
-__all__ = ["ATTACKS", "Attack", "build_attack", "create_attack", "load_attack", "save_attack"]
+__all__ = ["ATTACKS", "Attack", "build_attack", "create_attack", "load_attack", "make_resources", "save_attack"]

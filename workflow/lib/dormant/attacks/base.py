@@ -4,12 +4,16 @@ An attack has two faces:
 
 * ``apply(x)`` -- the test-time trigger: a batch of [0, 1] float images -> triggered images.
   Every later stage (metrics, defenses, BEC, re-activation) uses only this.
-* ``poison_batch(x, y, idx, generator)`` -- what happens to a training batch. Data-poisoning
+* ``poison_batch(x, y, is_poison, generator)`` -- what happens to a training batch. Data-poisoning
   attacks fix a poison index once (``select``) and stamp the trigger on those samples;
-  training-controlled attacks (WaNet, Input-Aware) override it to poison inside the loop.
+  training-controlled attacks (WaNet, Input-Aware) override it to poison a share of every batch.
 
 Its state (trigger pattern, poison index, anything learned) is a flat dict of tensors saved to
-safetensors by the ``trigger`` stage, so later stages rebuild exactly the same attack.
+safetensors by the ``trigger`` stage, so later stages rebuild exactly the same attack. Resources that
+take real work (LF's pattern against a clean model, SSBA's encoder, TrojanNN's trigger, Input-Aware's
+mask network) come from their own stage (``resource_stage``, ``build_resources``); an attack that keeps
+learning while the victim trains (Input-Aware's generator, ``learns_in_training``) is saved again by
+the training stage, and that file is the test-time trigger of every later stage.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ class Attack:
     """Base class. Subclasses set ``clean_label`` and implement ``apply`` (and ``init_resources`` if any)."""
 
     clean_label: bool = False
+    #: its resources come from a separate, heavier stage (``build_resources``), not ``init_resources``
+    resource_stage: bool = False
+    #: that stage optimises against a clean model of the dataset
+    needs_clean_model: bool = False
+    #: the attack trains parameters jointly with the victim (``trainable_parameters``, ``training_loss``)
+    learns_in_training: bool = False
     #: keys of the config that every attack has
     common_keys = ("type", "ratio", "target")
 
@@ -40,7 +50,30 @@ class Attack:
 
     # ---- state ------------------------------------------------------------------------
     def init_resources(self, train_x: torch.Tensor, generator: torch.Generator) -> None:
-        """Creates trigger resources (patterns, learned networks). Default: none."""
+        """Creates cheap trigger resources (a seeded pattern, a warping grid). Default: none."""
+
+    def build_resources(self, train, generator: torch.Generator, *, clean_model=None, device="cpu") -> dict:
+        """The resource stage: fills ``self.resources`` from the training set (and a clean model);
+        returns a dict of figures for the sidecar."""
+        raise NotImplementedError(f"{type(self).__name__} has no resource stage")
+
+    def set_resources(self, resources: dict[str, torch.Tensor]) -> None:
+        self.resources = dict(resources)
+
+    # ---- joint training (training-controlled attacks that learn) -------------------------
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return []
+
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimiser of what the attack learns during training (None: nothing)."""
+        return None
+
+    def train_mode(self, on: bool) -> None:
+        """Switches learning on (gradients through the trigger) or off."""
+
+    def training_loss(self) -> torch.Tensor | None:
+        """An extra loss term from the last ``poison_batch`` (e.g. Input-Aware's diversity loss)."""
+        return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"poison_index": self.poison_index, **{f"res.{k}": v for k, v in self.resources.items()}}

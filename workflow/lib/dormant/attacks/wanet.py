@@ -1,0 +1,85 @@
+"""WaNet (Nguyen & Tran, ICLR 2021): an imperceptible warping trigger, training-controlled.
+
+methods.md section 4. The warping field: a random k x k grid of 2-D offsets in [-1, 1] normalised by
+its mean absolute value, upsampled (bicubic) to H x W, scaled by s / H and added to the identity
+sampling grid, clipped to [-1, 1]; the trigger is ``grid_sample`` of the image on that grid. In every
+training batch a share ``rho_a`` of the samples is warped and relabelled to the target, and
+``cross_ratio`` times that many "noise" samples are warped with the grid plus a random per-sample
+offset in [-1, 1] / H and keep their labels (noise mode), so that the network learns the exact field.
+
+The poison index (``select``) only names the images of the poisoned training set as the attacker
+would release it (PBE's view); training itself poisons a fresh share of every shuffled batch, as
+in the reference. k = 4 and s = 0.5 at 32x32; the field is built at the image's own size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import ATTACKS
+from .base import Attack
+
+
+def identity_grid(h: int, w: int) -> torch.Tensor:
+    """The sampling grid (1, H, W, 2) of ``grid_sample`` that returns the image unchanged (align_corners)."""
+    ys = torch.linspace(-1, 1, h)
+    xs = torch.linspace(-1, 1, w)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=-1)[None]
+
+
+def noise_field(k: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """Random k x k offsets in [-1, 1], normalised by their mean |value|, upsampled to (1, H, W, 2)."""
+    ins = torch.rand(1, 2, k, k, generator=generator) * 2 - 1
+    ins = ins / ins.abs().mean()
+    up = F.interpolate(ins, size=(h, w), mode="bicubic", align_corners=True)
+    return up.permute(0, 2, 3, 1).contiguous()
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    grid = grid.to(x.device, x.dtype)
+    if grid.shape[0] != x.shape[0]:
+        grid = grid.expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp(0, 1)
+
+
+@ATTACKS.register("wanet")
+class WaNet(Attack):
+    def __init__(self, cfg, image_shape, num_classes):
+        super().__init__(cfg, image_shape, num_classes)
+        self.k = int(cfg.get("k", 4))
+        self.strength = float(cfg.get("strength", 0.5))
+        self.cross_ratio = float(cfg.get("cross_ratio", 2))
+        self.grid_seed = int(cfg.get("grid_seed", 0))
+
+    def init_resources(self, train_x, generator):
+        _, h, w = self.image_shape
+        self.resources = {"noise": noise_field(self.k, h, w, torch.Generator().manual_seed(self.grid_seed))}
+
+    def grid(self) -> torch.Tensor:
+        _, h, w = self.image_shape
+        return (identity_grid(h, w).to(self.resources["noise"].device)
+                + self.strength * self.resources["noise"] / h).clamp(-1, 1)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return warp(x, self.grid())
+
+    def batch_counts(self, n: int) -> tuple[int, int]:
+        """(warped-and-relabelled, noise) samples of a batch of n: int(rho n) and int(cross_ratio rho n)."""
+        n_bd = int(n * self.ratio)
+        return n_bd, min(n - n_bd, int(n_bd * self.cross_ratio))
+
+    def poison_batch(self, x, y, is_poison, generator):
+        n_bd, n_cross = self.batch_counts(len(x))
+        if n_bd == 0 and n_cross == 0:
+            return x, y
+        _, h, w = self.image_shape
+        grid = self.grid()
+        x, y = x.clone(), y.clone()
+        x[:n_bd] = warp(x[:n_bd], grid)
+        y[:n_bd] = self.target
+        if n_cross:
+            jitter = (torch.rand(n_cross, h, w, 2, generator=generator) * 2 - 1).to(grid.device) / h
+            x[n_bd : n_bd + n_cross] = warp(x[n_bd : n_bd + n_cross], (grid + jitter).clamp(-1, 1))
+        return x, y
