@@ -136,7 +136,8 @@ class InputAware(Attack):
             return x, y
         with torch.set_grad_enabled(self.learning):
             own = x[:n_bd]
-            x_bd = self.stamp(own, self.pattern(own), self.mask(own))
+            pat_own = self.pattern(own)
+            x_bd = self.stamp(own, pat_own, self.mask(own))
             parts = [x_bd.clamp(0, 1)]
             if n_cross:
                 src = x.roll(1, 0)[n_bd : n_bd + n_cross]  # each cross sample gets its neighbour's trigger
@@ -145,8 +146,7 @@ class InputAware(Attack):
                 parts.append(self.stamp(tgt, pat_src, self.mask(src)).clamp(0, 1))
                 if self.learning:
                     m = min(n_bd, n_cross)
-                    pat_own = self.pattern(own[:m])
-                    ratio = pair_distance(own[:m], src[:m]) / (pair_distance(pat_own, pat_src[:m]) + DIV_EPS)
+                    ratio = pair_distance(own[:m], src[:m]) / (pair_distance(pat_own[:m], pat_src[:m]) + DIV_EPS)
                     self._div = self.lambda_div * ratio.mean()
         x = torch.cat(parts + [x[n_bd + n_cross :]], 0)
         y = torch.cat([torch.full_like(y[:n_bd], self.target), y[n_bd:]], 0)
