@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from dormant.data import make_synthetic
+from dormant.data.sources import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -40,7 +40,7 @@ def _backdoored(synthetic, arch: str):
     """A model of ``arch`` with a BadNets backdoor on the synthetic data, its attack and poisoned training set."""
     from dormant import training
     from dormant.attacks import create_attack
-    from dormant.models import build_model
+    from dormant.nets import build_model
 
     train = synthetic["train"]
     atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, train.x, train.y, 4, seed=0)

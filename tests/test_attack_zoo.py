@@ -1,4 +1,4 @@
-"""The attack zoo (methods.md section 4): exact trigger formulas, WaNet's field, Input-Aware's mask budget and
+"""The attack zoo (docs/methods.md section 4): exact trigger formulas, WaNet's field, Input-Aware's mask budget and
 joint learning, LF's low-frequency pattern, SSBA's sample-specific residual, TrojanNN's neurons, clean-label
 selection, determinism and save/load for every attack, and image sizes other than 32x32."""
 
@@ -12,8 +12,8 @@ from dormant.attacks.input_aware import keep_top
 from dormant.attacks.lf import low_frequency_share, lowpass
 from dormant.attacks.trojannn import select_neurons
 from dormant.attacks.wanet import identity_grid, warp
-from dormant.data import make_synthetic
-from dormant.models import build_model
+from dormant.data.sources import make_synthetic
+from dormant.nets import build_model
 
 BASE = {"ratio": 0.1, "target": 0}
 # every attack with its quickest settings (resources: seconds on the CPU)

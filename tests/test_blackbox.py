@@ -1,5 +1,5 @@
 """Query-based and transfer-based re-activation, the evidence analyses, and the surrogate architectures
-(methods.md section 7)."""
+(docs/methods.md section 7)."""
 
 import ast
 import inspect
@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from dormant import evidence, query, transfer
 from dormant.attacks import build_attack
-from dormant.augment import to_float
-from dormant.models import build_model
-from dormant.query import QueryBudgetExceeded, ScoreOracle, p_schedule, run_query_attack, square_search
-from dormant.reactivation import optimise_delta
-from dormant.transfer import evaluate_transfer, optimise_transfer
+from dormant.data.augment import to_float
+from dormant.nets import build_model
+from dormant.reactivation import evidence, query, transfer
+from dormant.reactivation.delta import optimise_delta
+from dormant.reactivation.query import QueryBudgetExceeded, ScoreOracle, p_schedule, run_query_attack, square_search
+from dormant.reactivation.transfer import evaluate_transfer, optimise_transfer
 
 
 class _NoBackward(torch.autograd.Function):
@@ -198,7 +198,7 @@ def test_zero_budget_changes_nothing(synthetic):
     res, deltas = run_query_attack(net, synthetic["train"], synthetic["test"], atk, _qcfg(eps=0.0), seed=0)
     assert all(torch.all(d == 0) for d in deltas.values())
     x = synthetic["test"].x
-    from dormant.metrics import attack_success_rate, poisoned_test_index, predict
+    from dormant.analysis.metrics import attack_success_rate, poisoned_test_index, predict
 
     xt = x[poisoned_test_index(synthetic["test"].y, 0)]
     assert res["reactivated"]["asr"] == attack_success_rate(predict(net, xt, atk.apply), 0)
@@ -257,7 +257,7 @@ def test_evidence_invariances(synthetic):
     noise = evidence.noise_robustness(net, net, synthetic["test"], atk, zero, levels=[0.03, 0.09], n_images=40,
                                       seed=0)
     assert list(noise) == ["0", "0.03", "0.09"]
-    from dormant.metrics import attack_success_rate, predict
+    from dormant.analysis.metrics import attack_success_rate, predict
 
     idx = evidence._sample(synthetic["test"], 0, 40, 0)
     assert noise["0"]["trigger"] == pytest.approx(attack_success_rate(predict(net, synthetic["test"].x[idx],
@@ -293,7 +293,7 @@ def test_noise_is_bounded_and_seeded():
             seen.append(x.clone())
             return torch.zeros(len(x), 4)
 
-    from dormant.data import make_synthetic
+    from dormant.data.sources import make_synthetic
 
     sets = make_synthetic(num_classes=4, train_per_class=4, test_per_class=10, image_size=8, seed=0)
     atk = build_attack({"type": "badnets", "ratio": 0.1, "target": 0}, (3, 8, 8), 4)
@@ -312,7 +312,7 @@ def test_surrogate_architectures(arch, params):
     """The standard CIFAR layouts: parameter counts as published for 10 classes; 64x64 inputs work."""
     net = build_model(arch, 10)
     assert sum(p.numel() for p in net.parameters()) == params
-    from dormant.features import capture
+    from dormant.nets.probe import capture
 
     with capture(net, net.analysis_layers()) as store:
         out = net(torch.rand(2, 3, 32, 32))

@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
-from dormant import bec
-from dormant.cka import linear_cka
-from dormant.models import build_model
+from dormant.analysis import bec
+from dormant.analysis.cka import linear_cka
+from dormant.nets import build_model
 
 
 def _feat(n=60, d=20, seed=0):
@@ -113,7 +113,7 @@ def test_tac_finds_the_channel_that_reacts_to_the_trigger(synthetic):
     tac = bec.trigger_activated_change(m, ["conv"], x, atk)["conv"]
     assert tac[2] > 0 and torch.all(tac[[0, 1, 3]] == 0)
     # hand-computed: the 2x2 white patch changes the 3x3 box sums around the corner
-    from dormant.augment import to_float
+    from dormant.data.augment import to_float
 
     xf = to_float(x)
     d = torch.nn.functional.conv2d(atk.apply(xf) - xf, m.conv.weight[2:3], padding=1)

@@ -6,7 +6,7 @@ from dormant import config
 from dormant.attacks import ATTACKS
 from dormant.defenses import DEFENSES
 from dormant.errors import ConfigError
-from dormant.models import MODELS
+from dormant.nets.cifar import MODELS
 
 
 def test_shipped_configs_are_valid(repo, params, tiny_params):

@@ -2,16 +2,8 @@ import tarfile
 
 import pytest
 import torch
-from dormant.data import (
-    DEMO_ARCHIVE,
-    ImageSet,
-    load_dataset,
-    load_folder_or_archive,
-    load_source,
-    make_synthetic,
-    save_dataset,
-    write_archive,
-)
+from dormant.data.imageset import ImageSet, load_dataset, save_dataset, write_archive
+from dormant.data.sources import DEMO_ARCHIVE, load_folder_or_archive, load_source, make_synthetic
 from dormant.errors import DataError
 
 

@@ -1,4 +1,4 @@
-"""The model-introspection helper, the held-out split, and the FP, NAD and CLP defenses (methods.md
+"""The model-introspection helper, the held-out split, and the FP, NAD and CLP defenses (docs/methods.md
 section 5), on the synthetic data."""
 
 import copy
@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from dormant import introspect
+from dormant.analysis.metrics import evaluate
 from dormant.defenses import build_defense
 from dormant.defenses.clp import channel_lipschitz
 from dormant.defenses.holdout import split_holdout
-from dormant.metrics import evaluate
-from dormant.models import MODELS, build_model
+from dormant.nets import MODELS, build_model
+from dormant.nets import probe as introspect
 
 
 def _same(a, b):
@@ -197,7 +197,7 @@ def test_ftsam_and_fst_keep_architecture_and_budget_are_deterministic_and_lower_
 def test_defended_model_saves_with_its_info_as_the_defend_stage_does(backdoored, clean, tmp_path, cfg):
     """What the defend stage does with a defense's result: a safetensors checkpoint whose JSON sidecar holds
     the defense's info, loadable into the same architecture."""
-    from dormant.checkpoints import load_model, save_model
+    from dormant.nets.checkpoint import load_model, save_model
 
     m, _, _ = backdoored
     out, info = build_defense(cfg).run(copy.deepcopy(m), clean, seed=0)
@@ -298,7 +298,7 @@ def test_anp_prunes_within_the_held_out_budget_is_deterministic_and_lowers_asr(b
 
 
 def test_ibau_hypergradient_reduces_to_the_direct_gradient_without_fixed_point_steps(backdoored, clean):
-    from dormant.augment import to_float
+    from dormant.data.augment import to_float
     from dormant.defenses.ibau import IBAU_DEFAULTS, hypergradient
 
     m, _, _ = backdoored
@@ -333,7 +333,7 @@ def test_ibau_and_sau_keep_architecture_and_budget_are_deterministic_and_lower_a
 
 
 def test_sau_shared_perturbation_respects_its_budget_and_js_divergence_basics(backdoored, clean):
-    from dormant.augment import to_float
+    from dormant.data.augment import to_float
     from dormant.defenses.loop import frozen_copy
     from dormant.defenses.sau import SAU_DEFAULTS, js_divergence, shared_pgd
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from dormant.metrics import (
+from dormant.analysis.metrics import (
     attack_success_rate,
     clean_accuracy,
     defense_effectiveness_rate,
@@ -49,7 +49,7 @@ class _Const(torch.nn.Module):
 
 def test_evaluate_on_a_model_with_known_behaviour():
     from dormant.attacks import build_attack
-    from dormant.data import ImageSet
+    from dormant.data.imageset import ImageSet
 
     y = torch.tensor([0, 1, 2, 3, 3, 2])
     x = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from dormant.adversarial import penultimate_features, pgd_untargeted
-from dormant.augment import to_float
+from dormant.analysis.adversarial import pgd_untargeted
+from dormant.analysis.metrics import predict
+from dormant.analysis.observation import observe
+from dormant.data.augment import to_float
 from dormant.defenses import build_defense
 from dormant.errors import ConfigError
-from dormant.metrics import predict
-from dormant.models import build_model
-from dormant.observation import observe
+from dormant.nets import build_model
+from dormant.nets.probe import penultimate_features
 
 EPS, STEP = 8 / 255, 2 / 255
 PBE = {"type": "pbe", "rounds": 3, "init_fraction": 0.1, "keep_fractions": [0.3, 0.6], "epochs": 1,

@@ -1,8 +1,9 @@
 import pytest
 import torch
 from dormant.attacks import build_attack
-from dormant.models import build_model
-from dormant.reactivation import optimise_universal, project, random_init, reactivation_loss, run_reactivation
+from dormant.nets import build_model
+from dormant.reactivation.delta import project, random_init, reactivation_loss
+from dormant.reactivation.whitebox import optimise_universal, run_reactivation
 
 
 def test_projection_linf_and_l2():

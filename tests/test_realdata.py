@@ -5,13 +5,13 @@ better than the same optimisation without the trigger (gUAA) -- the paper's clai
 import pytest
 import torch
 from dormant import training
+from dormant.analysis.bec import compute_bec
+from dormant.analysis.metrics import evaluate
 from dormant.attacks import create_attack
-from dormant.bec import compute_bec
-from dormant.data import load_folder_or_archive
+from dormant.data.sources import load_folder_or_archive
 from dormant.defenses import build_defense
-from dormant.metrics import evaluate
-from dormant.models import build_model
-from dormant.reactivation import run_reactivation
+from dormant.nets import build_model
+from dormant.reactivation.whitebox import run_reactivation
 
 from .conftest import SHARED_ARCHIVE
 

@@ -76,7 +76,7 @@ def test_sigkill_mid_training_then_rerun_resumes_to_identical_weights(tmp_path):
     # an uninterrupted run of the same stage, same params, one thread like the rule
     params = json.dumps({"model": cfg["model"], "train": cfg["train"], "seed": cfg["seed"]}, sort_keys=True)
     ref = tmp_path / "ref.safetensors"
-    run([sys.executable, "-m", "dormant.cli", "--threads", "1", "train", "--params", params,
+    run([sys.executable, "-m", "dormant.cli", "train-clean", "--threads", "1", "--params", params,
          "--dataset", wd / "results/kill/data/dataset.safetensors", "--model", ref,
          "--checkpoint", tmp_path / "ref_resume.safetensors"], wd)
     a, b = _weights(wd / target), _weights(ref)

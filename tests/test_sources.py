@@ -4,9 +4,10 @@ import zipfile
 
 import pytest
 import torch
-from dormant.data import load_source
+from dormant.data.gtsrb import load_gtsrb
+from dormant.data.sources import load_source
+from dormant.data.tiny_imagenet import load_tiny_imagenet
 from dormant.errors import DataError
-from dormant.sources import load_gtsrb, load_tiny_imagenet
 
 # the GTSRB reader goes through torchvision.datasets: pay its one-time import (~2 s) at collection, not in a test
 pytest.importorskip("torchvision.datasets")

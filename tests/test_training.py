@@ -1,12 +1,12 @@
 import pytest
 import torch
 from dormant import training
+from dormant.analysis.metrics import evaluate
 from dormant.attacks import create_attack
-from dormant.checkpoints import load_model, save_model
 from dormant.defenses import build_defense
 from dormant.errors import CheckpointError
-from dormant.metrics import evaluate
-from dormant.models import build_model
+from dormant.nets import build_model
+from dormant.nets.checkpoint import load_model, save_model
 
 CFG = {"epochs": 4, "batch_size": 32, "lr": 0.05, "crop_padding": 2}
 

@@ -176,21 +176,109 @@ def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     assert jobs == expected
 
 
-def test_changing_library_code_reruns_what_depends_on_it(workdir):
-    """Rules list the library files they import as inputs: editing bec.py reruns BEC and the report only."""
-    src = workdir / "workflow/lib/dormant/bec.py"
+def _dry_run_after_editing(workdir, rel):
+    """The jobs ``snakemake -n`` plans after a comment is appended to the library file ``rel`` (then restored)."""
+    src = workdir / "workflow/lib/dormant" / rel
     original, st = src.read_text(), src.stat()
     try:
         src.write_text(original + "\n# an edit\n")
         r = snakemake(workdir, "-n")
-        jobs = {j for j in planned_jobs(r.stdout + r.stderr) if j[0] != "all"}
+        return {j for j in planned_jobs(r.stdout + r.stderr) if j[0] != "all"}
     finally:
         src.write_text(original)
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_changing_library_code_reruns_what_depends_on_it(workdir):
+    """Code inputs follow the imports: editing analysis/bec.py reruns BEC and the report (its min-max column)
+    only."""
+    jobs = _dry_run_after_editing(workdir, "analysis/bec.py")
     expected = {("report", "")} | {("bec", f"attack={a}, model={m}") for a in ("badnets", "blended")
                                    for m in TINY_MODELS}
     assert jobs == expected
 
+
+def test_editing_a_defense_module_reruns_only_the_jobs_of_that_defense(workdir):
+    """defenses/nc.py: the defend jobs of NC's entry and what reads their models; ft, the attacker's ft
+    surrogates and every other stage stay."""
+    jobs = _dry_run_after_editing(workdir, "defenses/nc.py")
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", "")}
+    for a in ("badnets", "blended"):
+        expected |= {("defend", f"attack={a}, defense=nc")} | _downstream(a, "nc")
+    assert jobs == expected
+
+
+def test_editing_a_helper_reruns_the_stages_that_import_it(workdir):
+    """analysis/cka.py is imported by BEC and by the evidence analyses (and the report, through BEC's min-max)."""
+    jobs = _dry_run_after_editing(workdir, "analysis/cka.py")
+    expected = {("report", ""), ("report_blackbox", "")}  # the report through BEC, the black-box one via evidence
+    for a in ("badnets", "blended"):
+        expected |= {("bec", f"attack={a}, model={m}") for m in TINY_MODELS}
+        expected |= {("evidence", f"attack={a}, model={m}") for m in TINY_MODELS if m != "clean"}
+    assert jobs == expected
+
+
+def _trace_stages(workdir, tmp_path, *targets, configfile="tiny.yaml"):
+    """Runs one job of each (rule, attack and defense modules) of a dry run under an import tracer, in a fresh
+    interpreter, with its outputs redirected to ``tmp_path``; returns the rules traced and, per rule, the
+    dormant modules it loaded that are not among its code inputs."""
+    import concurrent.futures
+    import json as _json
+    import shlex
+    import subprocess
+    import sys
+
+    from dormant.codedeps import module_file
+    from dormant.stages import STAGES, load_all
+
+    load_all()
+    r = snakemake(workdir, "-n", "-p", "--forceall", *targets, configfile=configfile)
+    chosen = {}
+    for rule, text in job_blocks(r.stdout + r.stderr):
+        if rule == "all":
+            continue
+        inputs = re.search(r"^\s+input: (.*)$", text, re.M).group(1).split(", ")
+        plugins = tuple(sorted(i for i in inputs if re.search(r"dormant/(attacks|defenses)/\w+\.py$", i)))
+        cmd = re.search(r"^Shell command: (.*)$", text, re.M).group(1)
+        chosen.setdefault((rule, plugins), (inputs, cmd))
+
+    def trace(key):
+        rule, _ = key
+        inputs, cmd = chosen[key]
+        tokens = shlex.split(cmd.split(" > ")[0])[2:]
+        args = dict(zip(tokens[0::2], tokens[1::2]))
+        args.pop("--threads", None)
+        out = tmp_path / f"{rule}_{abs(hash(key))}"
+        out.mkdir()
+        kwargs = {}
+        for flag, value in args.items():
+            name = flag[2:].replace("-", "_")
+            if name in STAGES[rule].outputs or name == "checkpoint":
+                value = str(out / f"{name}{os.path.splitext(value)[1]}")
+            kwargs[name] = value
+        stem = STAGES[rule].module.rsplit(".", 1)[1]
+        p = subprocess.run([sys.executable, str(REPO / "tests" / "trace_stage.py"), stem, rule, _json.dumps(kwargs)],
+                           cwd=workdir, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, (rule, p.stderr[-3000:])
+        loaded = _json.loads(p.stdout.split("LOADED ", 1)[1])
+        files = {"workflow/lib/dormant/" + str(module_file(m).relative_to(module_file("dormant").parent))
+                 for m in loaded}
+        return rule, files - set(inputs)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(trace, sorted(chosen)))
+    return chosen, {rule: extra for rule, extra in results if extra}
+
+
+def test_every_module_a_stage_loads_is_among_its_rule_s_code_inputs(workdir, tmp_path):
+    """Each rule of the tiny config (every defense and attack type once) runs its stage under an import tracer;
+    every dormant module it loads must be an input of its job (attack_resource: in the resource test below)."""
+    from dormant.stages import STAGES
+
+    chosen, missing = _trace_stages(workdir, tmp_path)
+    assert {rule for rule, _ in chosen} == set(STAGES) - {"attack_resource"}
+    assert len(chosen) >= len(STAGES) + 6  # every defense type of the tiny config, both attack types
+    assert not missing
 
 def test_rerun_has_nothing_to_do(workdir):
     r = snakemake(workdir, "-n")
@@ -304,7 +392,7 @@ def test_l2_overlay_switches_every_reactivation_budget(repo):
     assert "results/default-l2/analysis/badnets/ft/query.json" in out
 
 
-def test_resource_stages_feed_the_trigger_and_training_saves_what_the_attack_learned(workdir):
+def test_resource_stages_feed_the_trigger_and_training_saves_what_the_attack_learned(workdir, tmp_path):
     """LF's pattern is found against the clean model (rule attack_resource), Input-Aware's mask network is
     pretrained there; training saves Input-Aware's learned generator as the trigger later stages use."""
     cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
@@ -336,3 +424,10 @@ def test_resource_stages_feed_the_trigger_and_training_saves_what_the_attack_lea
     assert lf_initial.keys() == lf_trained.keys() and all(torch.equal(lf_initial[k], lf_trained[k]) for k in lf_initial)
     m = json.loads((workdir / "results/tinyzoo/analysis/input_aware/backdoor/metrics.json").read_text())["metrics"]
     assert {"c_acc", "asr", "ra"} <= m.keys()
+    # the resource stages (LF against the clean model, Input-Aware's mask net) load only their code inputs
+    chosen, missing = _trace_stages(workdir, tmp_path, "results/tinyzoo/models/lf/backdoor/model.safetensors",
+                                    "results/tinyzoo/models/input_aware/backdoor/model.safetensors",
+                                    configfile="zoo.yaml")
+    assert {("attack_resource", "lf"), ("attack_resource", "input_aware"), ("train_backdoor", "input_aware")} <= {
+        (rule, name) for rule, p in chosen for name in re.findall(r"attacks/(\w+)\.py", " ".join(p))}
+    assert not missing

@@ -1,22 +1,21 @@
-# Per (attack, model): metrics (C-ACC, ASR, RA, DER), BEC, white-box re-activation + gUAA.
+# Per (attack, model): metrics (C-ACC, ASR, RA, DER), BEC, white-box re-activation + gUAA, PBE's observation.
 # model is "clean" (the clean model under this attack's trigger), "backdoor", or a defense name.
-
-ANALYSIS = f"{R}/analysis/{{attack}}/{{model}}"
+# Stages: workflow/lib/dormant/stages/analysis.py (one function per rule, same name).
 
 
 rule metrics:
     output:
-        f"{ANALYSIS}/metrics.json",
+        analysis_file("metrics.json"),
     input:
         data=DATASET,
-        trigger=TRIGGER,
+        trigger=trigger_file(),
         model=analysed_model,
-        backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
-        code=lib("metrics.py"),
+        backdoored=backdoored(),
+        code=code("metrics"),
     params:
         p=lambda w: as_json({"role": role(w), "seed": config["seed"]}),
     log:
-        f"{LOGS}/metrics_{{attack}}_{{model}}.log",
+        log_file("metrics_{attack}_{model}"),
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -29,18 +28,18 @@ rule metrics:
 
 rule bec:
     output:
-        f"{ANALYSIS}/bec.json",
+        analysis_file("bec.json"),
     input:
         data=DATASET,
-        trigger=TRIGGER,
+        trigger=trigger_file(),
         model=analysed_model,
-        backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
-        clean=f"{R}/models/clean/model.safetensors",
-        code=lib("bec.py", "cka.py", "features.py"),
+        backdoored=backdoored(),
+        clean=CLEAN_MODEL,
+        code=code("bec"),
     params:
         p=lambda w: as_json({"bec": config["bec"], "seed": config["seed"]}),
     log:
-        f"{LOGS}/bec_{{attack}}_{{model}}.log",
+        log_file("bec_{attack}_{model}"),
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -54,19 +53,19 @@ rule bec:
 
 rule reactivate:
     output:
-        result=f"{ANALYSIS}/reactivation.json",
-        delta=f"{ANALYSIS}/delta.safetensors",
+        result=analysis_file("reactivation.json"),
+        delta=analysis_file("delta.safetensors"),
     input:
         data=DATASET,
-        trigger=TRIGGER,
+        trigger=trigger_file(),
         model=analysed_model,
-        code=lib("reactivation.py"),
+        code=code("reactivate"),
     params:
         p=lambda w: as_json({"reactivation": config["reactivation"], "seed": config["seed"]}),
     log:
-        f"{LOGS}/reactivate_{{attack}}_{{model}}.log",
+        log_file("reactivate_{attack}_{model}"),
     benchmark:
-        f"{BENCH}/reactivate_{{attack}}_{{model}}.tsv"
+        bench_file("reactivate_{attack}_{model}")
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -74,23 +73,23 @@ rule reactivate:
         mem_mb=4000,
         runtime=240,
     shell:
-        "dormant --threads {threads} reactivate --params {params.p:q} --dataset {input.data:q} "
+        "dormant reactivate --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --model {input.model:q} --result {output.result:q} "
         "--delta {output.delta:q} > {log:q} 2>&1"
 
 
 rule observe:
     output:
-        f"{ANALYSIS}/observation.json",
+        analysis_file("observation.json"),
     input:
         data=DATASET,
-        trigger=TRIGGER,
+        trigger=trigger_file(),
         model=analysed_model,
-        code=lib("observation.py", "adversarial.py"),
+        code=code("observe"),
     params:
         p=lambda w: as_json({"observation": config["observation"], "seed": config["seed"]}),
     log:
-        f"{LOGS}/observe_{{attack}}_{{model}}.log",
+        log_file("observe_{attack}_{model}"),
     conda:
         "../envs/dormant.yaml"
     wildcard_constraints:

@@ -3,9 +3,9 @@ import json
 import os
 import sys
 
-from dormant.config import validate as _validate
 from dormant.attacks import ATTACKS as _ATTACK_TYPES
-from dormant.defenses import DEFENSES as _DEFENSE_TYPES
+from dormant.codedeps import code_files as _code_files
+from dormant.config import validate as _validate
 from dormant.errors import ConfigError as _ConfigError
 
 try:
@@ -39,45 +39,76 @@ wildcard_constraints:
     model="|".join(MODELS),
 
 
-def lib(*modules):
-    """Library files a rule depends on, so that a change to them reruns it."""
-    return [f"workflow/lib/dormant/{m}" for m in modules]
-
-
-def defense_code(defense_type):
-    """A defense's own module plus the library files it declares (``code_deps``)."""
-    return lib(f"defenses/{defense_type}.py", *_DEFENSE_TYPES.get(defense_type).code_deps)
-
-
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-def model_file(attack, model):
+def attack_type(attack):
+    return config["attacks"][attack]["type"]
+
+
+def attack_class(attack):
+    return _ATTACK_TYPES.get(attack_type(attack))
+
+
+def code(stage):
+    """The library files rule ``stage`` runs (its stage function's imports, transitively, plus the modules of
+    the attack and defense types of its job): derived by dormant.codedeps, never listed by hand."""
+
+    def files(w):
+        names = w.keys()
+        attacks = ([attack_type(w.attack)] if "attack" in names else
+                   sorted({a["type"] for a in config["attacks"].values()}) if stage == "report" else [])
+        defenses = ([config["defenses"][w.defense]["type"]] if "defense" in names else
+                    [config["transfer"]["defenses"][w.sdefense]["type"]] if "sdefense" in names else [])
+        return _code_files(stage, attacks=attacks, defenses=defenses)
+
+    return files
+
+
+# ---- artifact paths: one definition per kind, used by every rule that writes or reads it ----------------
+# Wildcards are passed as "{attack}" etc. where a rule's output is a pattern.
+def sidecar(path):
+    """The JSON sidecar of an artifact (model.safetensors -> model.json)."""
+    return path.rsplit(".", 1)[0] + ".json"
+
+
+DATASET = f"{R}/data/dataset.safetensors"
+SUBSET = f"{R}/data/clean_subset.json"
+
+
+def resource_file(attack="{attack}"):
+    """An attack's resource (LF pattern, SSBA encoder, TrojanNN trigger, Input-Aware mask net)."""
+    return f"{R}/attacks/{attack}/resource.safetensors"
+
+
+def initial_trigger_file(attack="{attack}"):
+    """An attack's trigger + poison index before training."""
+    return f"{R}/attacks/{attack}/trigger.safetensors"
+
+
+def trigger_file(attack="{attack}"):
+    """The attack as it stands after training (what Input-Aware's generator learned): every later stage's trigger."""
+    return f"{R}/models/{attack}/backdoor/trigger.safetensors"
+
+
+def model_file(attack="{attack}", model="{model}"):
+    """A victim model: the clean model (shared by every attack), the backdoored one, or a defended one."""
     if model == "clean":
         return f"{R}/models/clean/model.safetensors"
     return f"{R}/models/{attack}/{model}/model.safetensors"
 
 
-DATASET = f"{R}/data/dataset.safetensors"
-SUBSET = f"{R}/data/clean_subset.json"
-CLEAN_MODEL = f"{R}/models/clean/model.safetensors"
-# An attack's resource (LF pattern, SSBA encoder, TrojanNN trigger, Input-Aware mask net), then its
-# trigger + poison index before training; training saves the attack as it stands after training (what
-# Input-Aware's generator learned), and that file is the trigger of every later stage.
-RESOURCE = f"{R}/attacks/{{attack}}/resource.safetensors"
-INITIAL_TRIGGER = f"{R}/attacks/{{attack}}/trigger.safetensors"
-TRIGGER = f"{R}/models/{{attack}}/backdoor/trigger.safetensors"
+CLEAN_MODEL = model_file(model="clean")
 
 
-def attack_class(attack):
-    return _ATTACK_TYPES.get(config["attacks"][attack]["type"])
+def backdoored(attack="{attack}"):
+    return model_file(attack, "backdoor")
 
 
-def attack_code(attack):
-    """The attack's own module plus the shared attack code."""
-    return lib("attacks/__init__.py", "attacks/base.py", "attacks/nets.py",
-               f"attacks/{config['attacks'][attack]['type']}.py")
+def analysis_file(kind, attack="{attack}", model="{model}"):
+    """A per-(attack, model) analysis result, e.g. analysis_file("bec.json")."""
+    return f"{R}/analysis/{attack}/{model}/{kind}"
 
 
 def analysed_model(w):
@@ -88,6 +119,22 @@ def role(w):
     return w.model if w.model in ("clean", "backdoor") else "defense"
 
 
+def report_file(name):
+    return f"{R}/report/{name}"
+
+
+def log_file(name):
+    return f"{LOGS}/{name}.log"
+
+
+def bench_file(name):
+    return f"{BENCH}/{name}.tsv"
+
+
+def resume_file(name):
+    return f"{RESUME}/{name}.safetensors"
+
+
 # Black-box re-activation (blackbox.smk): the attacker's artifacts and its surrogate sets.
 ATTACKER = f"{R}/attacker"
 SURROGATES = config["transfer"]["surrogates"]
@@ -96,16 +143,29 @@ ATTACKER_SEED = config["seed"] + config["transfer"]["seed_offset"]
 EVIDENCED = MODELS[1:]  # the backdoored model (reference) and the defended models
 
 
+ATTACKER_SUBSET = f"{ATTACKER}/clean_subset.json"
+
+
+def attacker_model(attack="{attack}", arch="{arch}", model="{sdefense}"):
+    """One of the attacker's own models: its backdoored model of ``arch`` or a defense of it."""
+    return f"{ATTACKER}/{attack}/{arch}/{model}/model.safetensors"
+
+
 def attacker_backdoor(attack, arch):
     """The attacker trained the victim's backdoored model itself; other architectures it trains anew."""
     if arch == config["model"]["arch"]:
-        return f"{R}/models/{attack}/backdoor/model.safetensors"
-    return f"{ATTACKER}/{attack}/{arch}/backdoor/model.safetensors"
+        return backdoored(attack)
+    return attacker_model(attack, arch, "backdoor")
 
 
 def surrogate_models(w):
     s = SURROGATES[w.surrogate]
-    return [f"{ATTACKER}/{w.attack}/{s['arch']}/{d}/model.safetensors" for d in s["defenses"]]
+    return [attacker_model(w.attack, s["arch"], d) for d in s["defenses"]]
+
+
+def transfer_file(kind, attack="{attack}", surrogate="{surrogate}"):
+    """The transfer attack's delta or result of one surrogate set."""
+    return f"{R}/transfer/{attack}/{surrogate}/{kind}"
 
 
 def attacker_defense_types(surrogate):

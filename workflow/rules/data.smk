@@ -1,18 +1,19 @@
-# Dataset preparation, the defender's clean subset, and each attack's trigger + poison index.
+# Dataset preparation, the defender's clean subset, and each attack's resource and trigger + poison index.
+# Stages: workflow/lib/dormant/stages/data.py (one function per rule, same name).
 
 
 rule prepare_data:
     output:
         data=DATASET,
-        meta=f"{R}/data/dataset.json",
+        meta=sidecar(DATASET),
     input:
-        code=lib("data.py", "io.py"),
+        code=code("prepare_data"),
     params:
         p=lambda w: as_json({"data": config["data"], "seed": config["seed"]}),
     log:
-        f"{LOGS}/prepare_data.log",
+        log_file("prepare_data"),
     benchmark:
-        f"{BENCH}/prepare_data.tsv"
+        bench_file("prepare_data")
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -26,12 +27,12 @@ rule clean_subset:
     output:
         subset=SUBSET,
     input:
-        data=DATASET,
-        code=lib("stages.py"),
+        data=rules.prepare_data.output.data,
+        code=code("clean_subset"),
     params:
         p=lambda w: as_json({"defense_data": config["defense_data"], "seed": config["seed"]}),
     log:
-        f"{LOGS}/clean_subset.log",
+        log_file("clean_subset"),
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -43,19 +44,19 @@ rule clean_subset:
 
 rule attack_resource:
     output:
-        resource=RESOURCE,
-        meta=f"{R}/attacks/{{attack}}/resource.json",
+        resource=resource_file(),
+        meta=sidecar(resource_file()),
     input:
-        data=DATASET,
+        data=rules.prepare_data.output.data,
         clean=lambda w: CLEAN_MODEL if attack_class(w.attack).needs_clean_model else [],
-        code=lambda w: attack_code(w.attack),
+        code=code("attack_resource"),
     params:
         p=lambda w: as_json({"attack": config["attacks"][w.attack], "name": w.attack, "seed": config["seed"]}),
         clean=lambda w, input: f"--clean {input.clean}" if input.clean else "",
     log:
-        f"{LOGS}/attack_resource_{{attack}}.log",
+        log_file("attack_resource_{attack}"),
     benchmark:
-        f"{BENCH}/attack_resource_{{attack}}.tsv"
+        bench_file("attack_resource_{attack}")
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -63,23 +64,23 @@ rule attack_resource:
         mem_mb=4000,
         runtime=240,
     shell:
-        "dormant --threads {threads} attack-resource --params {params.p:q} --dataset {input.data:q} {params.clean} "
+        "dormant attack-resource --threads {threads} --params {params.p:q} --dataset {input.data:q} {params.clean} "
         "--resource {output.resource:q} > {log:q} 2>&1"
 
 
 rule trigger:
     output:
-        trigger=INITIAL_TRIGGER,
-        meta=f"{R}/attacks/{{attack}}/trigger.json",
+        trigger=initial_trigger_file(),
+        meta=sidecar(initial_trigger_file()),
     input:
-        data=DATASET,
-        resource=lambda w: RESOURCE if attack_class(w.attack).resource_stage else [],
-        code=lambda w: attack_code(w.attack),
+        data=rules.prepare_data.output.data,
+        resource=lambda w: resource_file(w.attack) if attack_class(w.attack).resource_stage else [],
+        code=code("trigger"),
     params:
         p=lambda w: as_json({"attack": config["attacks"][w.attack], "name": w.attack, "seed": config["seed"]}),
         resource=lambda w, input: f"--resource {input.resource}" if input.resource else "",
     log:
-        f"{LOGS}/trigger_{{attack}}.log",
+        log_file("trigger_{attack}"),
     conda:
         "../envs/dormant.yaml"
     resources:

@@ -1,24 +1,24 @@
-# Training (clean and backdoored models) and defenses. Training jobs go first (priority): they are
-# the long ones everything else waits for. Each job resumes from its epoch
-# checkpoint under resume/ if it was interrupted.
+# Training (clean and backdoored models) and defenses. Training jobs go first (priority): they are the long
+# ones everything else waits for. Each job resumes from its epoch checkpoint under resume/ if interrupted.
+# Stages: workflow/lib/dormant/stages/models.py (one function per rule, same name).
 
-TRAIN_LIB = lib("training.py", "models.py", "augment.py", "metrics.py", "checkpoints.py")
+TRAIN_PARAMS = lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]})
 
 
 rule train_clean:
     output:
-        model=f"{R}/models/clean/model.safetensors",
-        meta=f"{R}/models/clean/model.json",
+        model=CLEAN_MODEL,
+        meta=sidecar(CLEAN_MODEL),
     input:
         data=DATASET,
-        code=TRAIN_LIB,
+        code=code("train_clean"),
     params:
-        p=lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]}),
-        ckpt=f"{RESUME}/clean.safetensors",
+        p=TRAIN_PARAMS,
+        ckpt=resume_file("clean"),
     log:
-        f"{LOGS}/train_clean.log",
+        log_file("train_clean"),
     benchmark:
-        f"{BENCH}/train_clean.tsv"
+        bench_file("train_clean")
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -27,28 +27,27 @@ rule train_clean:
         mem_mb=6000,
         runtime=720,
     shell:
-        "dormant --threads {threads} train --params {params.p:q} --dataset {input.data:q} "
+        "dormant train-clean --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
 
 
 rule train_backdoor:
     output:
-        model=f"{R}/models/{{attack}}/backdoor/model.safetensors",
-        meta=f"{R}/models/{{attack}}/backdoor/model.json",
-        trigger=TRIGGER,
-        trigger_meta=f"{R}/models/{{attack}}/backdoor/trigger.json",
+        model=backdoored(),
+        meta=sidecar(backdoored()),
+        trigger=trigger_file(),
+        trigger_meta=sidecar(trigger_file()),
     input:
         data=DATASET,
-        trigger=INITIAL_TRIGGER,
-        code=TRAIN_LIB,
-        code_attack=lambda w: attack_code(w.attack),
+        trigger=initial_trigger_file(),
+        code=code("train_backdoor"),
     params:
-        p=lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]}),
-        ckpt=f"{RESUME}/{{attack}}_backdoor.safetensors",
+        p=TRAIN_PARAMS,
+        ckpt=resume_file("{attack}_backdoor"),
     log:
-        f"{LOGS}/train_backdoor_{{attack}}.log",
+        log_file("train_backdoor_{attack}"),
     benchmark:
-        f"{BENCH}/train_backdoor_{{attack}}.tsv"
+        bench_file("train_backdoor_{attack}")
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -57,29 +56,28 @@ rule train_backdoor:
         mem_mb=6000,
         runtime=720,
     shell:
-        "dormant --threads {threads} train --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
-        "--trained-trigger {output.trigger:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
+        "dormant train-backdoor --threads {threads} --params {params.p:q} --dataset {input.data:q} "
+        "--trigger {input.trigger:q} --trained-trigger {output.trigger:q} --model {output.model:q} "
+        "--checkpoint {params.ckpt:q} > {log:q} 2>&1"
 
 
 rule defend:
     output:
-        model=f"{R}/models/{{attack}}/{{defense}}/model.safetensors",
-        meta=f"{R}/models/{{attack}}/{{defense}}/model.json",
+        model=model_file(model="{defense}"),
+        meta=sidecar(model_file(model="{defense}")),
     input:
         data=DATASET,
         subset=SUBSET,
-        trigger=TRIGGER,
-        backdoored=f"{R}/models/{{attack}}/backdoor/model.safetensors",
-        code=TRAIN_LIB,
-        code_defense=lib("defenses/__init__.py", "defenses/base.py"),
-        code_type=lambda w: defense_code(config["defenses"][w.defense]["type"]),
+        trigger=trigger_file(),
+        backdoored=backdoored(),
+        code=code("defend"),
     params:
         p=lambda w: as_json({"defense": config["defenses"][w.defense], "seed": config["seed"]}),
-        ckpt=f"{RESUME}/{{attack}}_{{defense}}.safetensors",
+        ckpt=resume_file("{attack}_{defense}"),
     log:
-        f"{LOGS}/defend_{{attack}}_{{defense}}.log",
+        log_file("defend_{attack}_{defense}"),
     benchmark:
-        f"{BENCH}/defend_{{attack}}_{{defense}}.tsv"
+        bench_file("defend_{attack}_{defense}")
     conda:
         "../envs/dormant.yaml"
     threads: 1
@@ -87,6 +85,6 @@ rule defend:
         mem_mb=6000,
         runtime=720,
     shell:
-        "dormant --threads {threads} defend --params {params.p:q} --dataset {input.data:q} --subset {input.subset:q} "
-        "--trigger {input.trigger:q} "
-        "--backdoored {input.backdoored:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
+        "dormant defend --threads {threads} --params {params.p:q} --dataset {input.data:q} --subset {input.subset:q} "
+        "--trigger {input.trigger:q} --backdoored {input.backdoored:q} --model {output.model:q} "
+        "--checkpoint {params.ckpt:q} > {log:q} 2>&1"

@@ -1,81 +1,80 @@
 # The tidy table (CSV + Markdown) and the figures.
+# Stages: workflow/lib/dormant/stages/report.py (one function per rule, same name).
 
 ROWS = [
     {
         "attack": a,
         "model": m,
-        "metrics": f"{R}/analysis/{a}/{m}/metrics.json",
-        "bec": f"{R}/analysis/{a}/{m}/bec.json",
-        "reactivation": f"{R}/analysis/{a}/{m}/reactivation.json",
-        "query": f"{R}/analysis/{a}/{m}/query.json",
-        "transfer": f"{R}/analysis/{a}/{m}/transfer.json",
-        "evidence": f"{R}/analysis/{a}/{m}/evidence.json" if m in EVIDENCED else None,
+        "metrics": analysis_file("metrics.json", a, m),
+        "bec": analysis_file("bec.json", a, m),
+        "reactivation": analysis_file("reactivation.json", a, m),
+        "query": analysis_file("query.json", a, m),
+        "transfer": analysis_file("transfer.json", a, m),
+        "evidence": analysis_file("evidence.json", a, m) if m in EVIDENCED else None,
     }
     for a in ATTACKS
     for m in MODELS
 ]
 # One training-history CSV per trained or defended model (DVC plots), from the model's sidecar.
-HISTORIES = {f"{R}/report/history/clean.csv": f"{R}/models/clean/model.json"} | {
-    f"{R}/report/history/{a}_{m}.csv": f"{R}/models/{a}/{m}/model.json" for a in ATTACKS for m in MODELS[1:]
+HISTORIES = {report_file("history/clean.csv"): sidecar(CLEAN_MODEL)} | {
+    report_file(f"history/{a}_{m}.csv"): sidecar(model_file(a, m)) for a in ATTACKS for m in MODELS[1:]
 }
 # PBE's observation (clean and backdoored model per attack) and per-round records of defenses that have them.
-OBSERVATIONS = {f"{R}/analysis/{a}/{m}/observation.json": {"attack": a, "model": m} for a in ATTACKS for m in OBSERVED}
-DEFENSE_SIDECARS = {
-    f"{R}/models/{a}/{d}/model.json": {"attack": a, "defense": d} for a in ATTACKS for d in DEFENSES
+OBSERVATIONS = {analysis_file("observation.json", a, m): {"attack": a, "model": m} for a in ATTACKS for m in OBSERVED}
+DEFENSE_SIDECARS = {sidecar(model_file(a, d)): {"attack": a, "defense": d} for a in ATTACKS for d in DEFENSES}
+TABLE_FILES = {
+    "csv": report_file("table.csv"),
+    "md": report_file("table.md"),
+    "json": report_file("metrics.json"),
+    "fig_bec": report_file("bec_vs_asr.png"),
+    "fig_ra": report_file("reactivation.png"),
+    "fig_trig": report_file("triggers.png"),
+    "obs_csv": report_file("observation.csv"),
+    "fig_obs": report_file("observation.png"),
+    "rounds_csv": report_file("pbe_rounds.csv"),
+    "fig_rounds": report_file("pbe_rounds.png"),
 }
-REPORT_FILES = [
-    f"{R}/report/table.csv",
-    f"{R}/report/table.md",
-    f"{R}/report/metrics.json",
-    f"{R}/report/bec_vs_asr.png",
-    f"{R}/report/reactivation.png",
-    f"{R}/report/triggers.png",
-    f"{R}/report/observation.csv",
-    f"{R}/report/observation.png",
-    f"{R}/report/pbe_rounds.csv",
-    f"{R}/report/pbe_rounds.png",
-    *HISTORIES,
-]
+REPORT_FILES = [*TABLE_FILES.values(), *HISTORIES]
 BLACKBOX_FILES = {
-    "summary_csv": f"{R}/report/blackbox.csv",
-    "checkpoints_csv": f"{R}/report/query_checkpoints.csv",
-    "transfer_csv": f"{R}/report/transfer.csv",
-    "cka_csv": f"{R}/report/evidence_cka.csv",
-    "noise_csv": f"{R}/report/evidence_noise.csv",
-    "fig_query": f"{R}/report/query.png",
-    "fig_transfer": f"{R}/report/transfer.png",
-    "fig_cka": f"{R}/report/evidence_cka.png",
-    "fig_checkpoints": f"{R}/report/query_checkpoints.png",
-    "fig_noise": f"{R}/report/evidence_noise.png",
+    "summary_csv": report_file("blackbox.csv"),
+    "checkpoints_csv": report_file("query_checkpoints.csv"),
+    "transfer_csv": report_file("transfer.csv"),
+    "cka_csv": report_file("evidence_cka.csv"),
+    "noise_csv": report_file("evidence_noise.csv"),
+    "fig_query": report_file("query.png"),
+    "fig_transfer": report_file("transfer.png"),
+    "fig_cka": report_file("evidence_cka.png"),
+    "fig_checkpoints": report_file("query_checkpoints.png"),
+    "fig_noise": report_file("evidence_noise.png"),
 }
 REPORT_FILES += list(BLACKBOX_FILES.values())
 _GRID_ORDER = ["ft", "fp", "nad", "nc", "anp", "ibau", "ftsam", "sau", "fst", "clp", "aft", "pbe"]  # as in the issue
 # The attack x defense grid: metrics of the backdoored and every defended model, and what each defense decided.
 GRID_ROWS = [
     {"attack": a, "defense": m, "type": config["defenses"][m]["type"] if m in DEFENSES else m,
-     "metrics": f"{R}/analysis/{a}/{m}/metrics.json",
-     "sidecar": f"{R}/models/{a}/{m}/model.json" if m in DEFENSES else None}
+     "metrics": analysis_file("metrics.json", a, m),
+     "sidecar": sidecar(model_file(a, m)) if m in DEFENSES else None}
     for a in ATTACKS
     for m in ["backdoor"] + sorted(DEFENSES, key=lambda d: (_GRID_ORDER.index(config["defenses"][d]["type"])
                                                           if config["defenses"][d]["type"] in _GRID_ORDER else 99, d))
 ]
-GRID_FILES = {"csv": f"{R}/report/defense_grid.csv", "md": f"{R}/report/defense_grid.md",
-              "fig": f"{R}/report/defense_grid.png"}
+GRID_FILES = {"csv": report_file("defense_grid.csv"), "md": report_file("defense_grid.md"),
+              "fig": report_file("defense_grid.png")}
 REPORT_FILES += list(GRID_FILES.values())
 
 
 rule report:
     output:
-        csv=report(f"{R}/report/table.csv", caption="../report/table.rst", category="Tables"),
-        md=f"{R}/report/table.md",
-        json=f"{R}/report/metrics.json",
-        fig_bec=report(f"{R}/report/bec_vs_asr.png", caption="../report/bec_vs_asr.rst", category="Figures"),
-        fig_ra=report(f"{R}/report/reactivation.png", caption="../report/reactivation.rst", category="Figures"),
-        fig_trig=report(f"{R}/report/triggers.png", caption="../report/triggers.rst", category="Figures"),
-        obs_csv=report(f"{R}/report/observation.csv", caption="../report/observation.rst", category="Tables"),
-        fig_obs=report(f"{R}/report/observation.png", caption="../report/observation.rst", category="Figures"),
-        rounds_csv=report(f"{R}/report/pbe_rounds.csv", caption="../report/pbe_rounds.rst", category="Tables"),
-        fig_rounds=report(f"{R}/report/pbe_rounds.png", caption="../report/pbe_rounds.rst", category="Figures"),
+        csv=report(TABLE_FILES["csv"], caption="../report/table.rst", category="Tables"),
+        md=TABLE_FILES["md"],
+        json=TABLE_FILES["json"],
+        fig_bec=report(TABLE_FILES["fig_bec"], caption="../report/bec_vs_asr.rst", category="Figures"),
+        fig_ra=report(TABLE_FILES["fig_ra"], caption="../report/reactivation.rst", category="Figures"),
+        fig_trig=report(TABLE_FILES["fig_trig"], caption="../report/triggers.rst", category="Figures"),
+        obs_csv=report(TABLE_FILES["obs_csv"], caption="../report/observation.rst", category="Tables"),
+        fig_obs=report(TABLE_FILES["fig_obs"], caption="../report/observation.rst", category="Figures"),
+        rounds_csv=report(TABLE_FILES["rounds_csv"], caption="../report/pbe_rounds.rst", category="Tables"),
+        fig_rounds=report(TABLE_FILES["fig_rounds"], caption="../report/pbe_rounds.rst", category="Figures"),
         histories=report(
             list(HISTORIES),
             caption="../report/history.rst",
@@ -84,19 +83,19 @@ rule report:
     input:
         rows=[r[k] for r in ROWS for k in ("metrics", "bec", "reactivation", "query", "transfer")],
         data=DATASET,
-        triggers=expand(TRIGGER, attack=ATTACKS),
+        triggers=[trigger_file(a) for a in ATTACKS],
         sidecars=list(HISTORIES.values()),
         observations=list(OBSERVATIONS),
-        code=lib("report.py"),
+        code=code("report"),
     params:
         p=lambda w: as_json({"report": config["report"], "seed": config["seed"]}),
         rows=as_json(ROWS),
-        triggers=as_json({a: f"{R}/attacks/{a}/trigger.safetensors" for a in ATTACKS}),
+        triggers=as_json({a: trigger_file(a) for a in ATTACKS}),  # as trained: what every analysis used
         histories=as_json(HISTORIES),
         observations=as_json(OBSERVATIONS),
         defenses=as_json(DEFENSE_SIDECARS),
     log:
-        f"{LOGS}/report.log",
+        log_file("report"),
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -118,14 +117,14 @@ rule report_blackbox:
            for k, v in BLACKBOX_FILES.items()},
     input:
         rows=[r[k] for r in ROWS for k in ("reactivation", "query", "transfer", "evidence") if r[k]],
-        code=lib("report_blackbox.py", "report.py"),
+        code=code("report_blackbox"),
     params:
         p=as_json({"surrogates": {s: {"arch": SURROGATES[s]["arch"], "defense_types": attacker_defense_types(s)}
                                   for s in SURROGATE_SETS},
                    "model_types": {d: config["defenses"][d]["type"] for d in DEFENSES}, "models": MODELS}),
         rows=as_json(ROWS),
     log:
-        f"{LOGS}/report_blackbox.log",
+        log_file("report_blackbox"),
     conda:
         "../envs/dormant.yaml"
     resources:
@@ -145,11 +144,11 @@ rule report_defenses:
     input:
         metrics=[r["metrics"] for r in GRID_ROWS],
         sidecars=[r["sidecar"] for r in GRID_ROWS if r["sidecar"]],
-        code=lib("report_defenses.py", "report.py"),
+        code=code("report_defenses"),
     params:
         rows=as_json(GRID_ROWS),
     log:
-        f"{LOGS}/report_defenses.log",
+        log_file("report_defenses"),
     conda:
         "../envs/dormant.yaml"
     resources:

@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 # BackdoorBench leaderboard, CIFAR-10, PreAct-ResNet18, 10% poisoning: C-ACC / ASR of the backdoored model
-# (../shared/reference/anchors.md; SIG is a v1-era value there).
+# (Wu et al., BackdoorBench, NeurIPS 2022 Datasets and Benchmarks; SIG is a v1-era value).
 BACKDOORBENCH = {"badnets": (91.32, 95.03), "blended": (93.47, 99.92), "sig": (84.48, 98.27), "lf": (93.19, 99.28),
                  "ssba": (92.88, 97.86), "wanet": (91.25, 89.73), "input_aware": (90.67, 98.26),
                  "trojannn": (93.42, 100.00)}
@@ -86,11 +86,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"missing {missing[0]} (and {len(missing) - 1} more): run with --run first")
 
     sys.path.insert(0, str(root / "workflow" / "lib"))
-    from dormant import report
+    from dormant.analysis.metrics import evaluate
     from dormant.attacks import load_attack
-    from dormant.checkpoints import load_model
-    from dormant.data import load_dataset
-    from dormant.metrics import evaluate
+    from dormant.data.imageset import load_dataset
+    from dormant.nets.checkpoint import load_model
+    from dormant.report import table as report
 
     df = table(root, args.name, attacks)
     data = load_dataset(root / "results" / args.name / "data" / "dataset.safetensors")

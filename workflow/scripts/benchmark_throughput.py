@@ -16,10 +16,10 @@ import time
 
 import torch
 from dormant import runtime, training
+from dormant.analysis.metrics import predict
 from dormant.attacks import create_attack
-from dormant.data import make_synthetic
-from dormant.metrics import predict
-from dormant.models import build_model
+from dormant.data.sources import make_synthetic
+from dormant.nets import build_model
 
 
 def _sync(device):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from dormant.errors import ConfigError
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from dormant.errors import CheckpointError
 
 LIB_DIR = Path(__file__).resolve().parent
 
@@ -98,7 +98,7 @@ def load_tensors(path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """Package version, git commit (if any) and a hash of the library sources (works without git)."""
-    from . import __version__
+    from dormant import __version__
 
     h = hashlib.sha256()
     for f in sorted(LIB_DIR.rglob("*.py")):

@@ -1,22 +1,16 @@
-"""Attack registry. Adding an attack = one module in this package registering a subclass of
-:class:`Attack` with ``@ATTACKS.register("name")``, plus its entry in params.yaml (and its keys in the
-JSON schema). Every module here is imported, so no list needs editing."""
+"""Attack registry (docs/methods.md section 4). Adding an attack = one module ``attacks/<name>.py`` whose
+:class:`Attack` subclass is registered with ``@ATTACKS.register("<name>")``, plus its entry in params.yaml
+and its keys in the JSON schema; the module is imported when a config first names it."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import torch
 
-from ..registry import Registry
+from dormant.attacks.base import Attack
+from dormant.registry import Registry
 
-ATTACKS: Registry[type] = Registry("attack")
-
-from .base import Attack  # noqa: E402
-
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_mod}")  # registration side effects
+ATTACKS: Registry[type] = Registry("attack", package=__name__)
+HELPER_MODULES = ("base", "generators")  # shared code, not attacks
 
 
 def build_attack(cfg: dict, image_shape, num_classes: int) -> Attack:
@@ -53,7 +47,7 @@ def make_resources(cfg: dict, train, num_classes: int, seed: int, clean_model=No
 
 def load_attack(path, device="cpu") -> Attack:
     """Rebuilds an attack saved by the ``trigger`` stage (or, with what it learned, by training)."""
-    from ..io import load_tensors
+    from dormant.io import load_tensors
 
     tensors, meta = load_tensors(path)
     attack = build_attack(meta["config"], tuple(meta["image_shape"]), meta["num_classes"])
@@ -62,7 +56,7 @@ def load_attack(path, device="cpu") -> Attack:
 
 
 def save_attack(attack: Attack, path, extra_meta: dict | None = None) -> None:
-    from ..io import save_tensors
+    from dormant.io import save_tensors
 
     meta = {"config": attack.cfg, "image_shape": list(attack.image_shape), "num_classes": attack.num_classes}
     save_tensors({k: v.detach().cpu().contiguous() for k, v in attack.state_dict().items()}, path,

@@ -1,4 +1,4 @@
-"""The attack interface (methods.md sections 2 and 4).
+"""The attack interface (docs/methods.md sections 2 and 4).
 
 An attack has two faces:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from dormant.errors import ConfigError
 
 
 class Attack:
@@ -35,9 +35,17 @@ class Attack:
     learns_in_training: bool = False
     #: keys of the config that every attack has
     common_keys = ("type", "ratio", "target")
+    #: every other key of the attack's params.yaml entry with its default: declared here once; the JSON schema
+    #: allows exactly these keys (a test checks it) and a missing key takes this value
+    defaults: dict = {}
 
     def __init__(self, cfg: dict, image_shape: tuple[int, int, int], num_classes: int):
-        self.cfg = dict(cfg)
+        unknown = sorted(set(cfg) - set(self.defaults) - set(self.common_keys) - {"name"})
+        if unknown:
+            raise ConfigError(f"attack {cfg.get('type')!r}: unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted([*self.defaults, *self.common_keys[1:]]))}")
+        self.cfg = dict(cfg)  # as given: saved with the trigger, so later stages rebuild exactly this attack
+        self.params = {**self.defaults, **{k: v for k, v in cfg.items() if k not in self.common_keys}}
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.target = int(cfg["target"])
@@ -75,6 +83,10 @@ class Attack:
         """An extra loss term from the last ``poison_batch`` (e.g. Input-Aware's diversity loss)."""
         return None
 
+    def learner(self) -> AttackLearner | None:
+        """What the training loop drives when the attack learns jointly with the victim (None: it does not)."""
+        return AttackLearner(self) if self.learns_in_training else None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"poison_index": self.poison_index, **{f"res.{k}": v for k, v in self.resources.items()}}
 
@@ -88,7 +100,7 @@ class Attack:
 
     # ---- poisoning --------------------------------------------------------------------
     def num_poison(self, n_candidates: int, n_train: int) -> int:
-        """round(ratio * N) of the whole training set (methods.md section 2), capped by the candidates."""
+        """round(ratio * N) of the whole training set (docs/methods.md section 2), capped by the candidates."""
         k = int(round(self.ratio * n_train))
         return min(k, n_candidates)
 
@@ -120,8 +132,8 @@ class Attack:
         """The poisoned training set as the attacker releases it (for defenses without clean data, e.g.
         PBE): uint8 images with the trigger applied on the poison index (rounded to 8 bits like any saved
         image), dirty labels set to the target. Training-controlled attacks override this."""
-        from ..augment import to_float
-        from ..data import ImageSet
+        from dormant.data.augment import to_float
+        from dormant.data.imageset import ImageSet
 
         x, y = train.x.clone(), train.y.clone()
         idx = self.poison_index.to(x.device)
@@ -143,3 +155,47 @@ class Attack:
 def scaled(pixels_at_32: int, size: int) -> int:
     """Scales a trigger size given for 32x32 images to another image size (at least 1 pixel)."""
     return max(1, int(round(pixels_at_32 * size / 32)))
+
+
+class AttackLearner:
+    """An attack that learns while the victim trains, seen by the training loop as a co-trained component:
+    it adds its own loss term, takes its own optimiser step after each step of the model, and saves and
+    restores what it has learned (and its optimiser state) with the loop's resume checkpoint."""
+
+    def __init__(self, attack: Attack):
+        self.attack = attack
+        attack.train_mode(True)
+        self.opt = attack.make_optimizer()
+
+    def digest_tensors(self) -> list[torch.Tensor]:
+        """What a resume checkpoint must match: the attack's starting state."""
+        return list(self.attack.state_dict().values())
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return self.attack.training_loss()
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.opt.step()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"attack.{k}": v for k, v in self.attack.state_dict().items()}
+        for i, st in self.opt.state_dict()["state"].items():
+            out.update({f"attack_opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.attack.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("attack.")})
+        self.attack.train_mode(True)
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("attack_opt."):
+                _, i, name = k.split(".", 2)
+                state.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
+
+    def close(self) -> None:
+        """Learning ends: the attack freezes what it learned into its saved state."""
+        self.attack.train_mode(False)

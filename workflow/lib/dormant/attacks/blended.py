@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DataError
-from . import ATTACKS
-from .base import Attack
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack
+from dormant.errors import DataError
 
 
 def load_pattern_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -31,16 +31,22 @@ def load_pattern_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
 
 @ATTACKS.register("blended")
 class Blended(Attack):
+    defaults = {
+        "alpha": 0.2,
+        "pattern_path": None,
+        "pattern_seed": 0,
+    }
+
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        self.alpha = float(cfg.get("alpha", 0.2))
+        self.alpha = float(self.params["alpha"])
 
     def init_resources(self, train_x, generator):
-        path = self.cfg.get("pattern_path")
+        path = self.params["pattern_path"]
         if path:
             pattern = load_pattern_image(path, self.image_shape)
         else:
-            g = torch.Generator().manual_seed(int(self.cfg.get("pattern_seed", 0)))
+            g = torch.Generator().manual_seed(int(self.params["pattern_seed"]))
             pattern = torch.rand(self.image_shape, generator=g)
         self.resources = {"pattern": pattern}
 

@@ -1,6 +1,6 @@
 """Input-Aware dynamic backdoor (Nguyen & Tran, NeurIPS 2020), training-controlled.
 
-methods.md section 4. A generator G makes an input-specific pattern and a mask network M an
+docs/methods.md section 4. A generator G makes an input-specific pattern and a mask network M an
 input-specific sparse mask; the triggered image is x' = x + (G(x) - x) * M(x). Two phases:
 
 1. Resource stage: M is pretrained alone (``mask_epochs``, 25 in the paper) with the norm loss
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..augment import to_float
-from . import ATTACKS
-from .base import Attack
-from .nets import EncoderDecoder, from_tensors, seeded, to_tensors
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack
+from dormant.attacks.generators import EncoderDecoder, from_tensors, seeded, to_tensors
+from dormant.data.augment import to_float
 
 #: floor of the distances the diversity losses divide by (RMS pixel units). The reference's 1e-7 lets the
 #: loss reach 1e6 while the initial masks are still nearly equal, and the run diverges; at convergence two
@@ -54,18 +54,31 @@ def pair_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @ATTACKS.register("input_aware")
 class InputAware(Attack):
+    defaults = {
+        "mask_density": 0.032,
+        "lambda_norm": 100,
+        "lambda_div": 1,
+        "cross_ratio": 1,
+        "width": 16,
+        "net_seed": 0,
+        "lr_mask": 0.01,
+        "batch_size": 128,
+        "mask_epochs": 25,
+        "lr_generator": 0.01,
+    }
+
     resource_stage = True
     learns_in_training = True
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
         c, h, w = self.image_shape
-        self.density = float(cfg.get("mask_density", 0.032))
+        self.density = float(self.params["mask_density"])
         self.k = max(1, int(round(self.density * h * w)))
-        self.lambda_norm = float(cfg.get("lambda_norm", 100))
-        self.lambda_div = float(cfg.get("lambda_div", 1))
-        self.cross_ratio = float(cfg.get("cross_ratio", 1))
-        width, seed = int(cfg.get("width", 16)), int(cfg.get("net_seed", 0))
+        self.lambda_norm = float(self.params["lambda_norm"])
+        self.lambda_div = float(self.params["lambda_div"])
+        self.cross_ratio = float(self.params["cross_ratio"])
+        width, seed = int(self.params["width"]), int(self.params["net_seed"])
         self.G = seeded(lambda: EncoderDecoder(c, c, width), seed)
         self.M = seeded(lambda: EncoderDecoder(c, 1, width), seed + 1)
         self.G.requires_grad_(False)
@@ -94,9 +107,9 @@ class InputAware(Attack):
     def build_resources(self, train, generator, *, clean_model=None, device="cpu"):
         self.to(device)
         self.M.requires_grad_(True)
-        opt = torch.optim.Adam(self.M.parameters(), lr=float(self.cfg.get("lr_mask", 0.01)), betas=(0.5, 0.9))
-        bs, n = int(self.cfg.get("batch_size", 128)), len(train)
-        epochs = int(self.cfg.get("mask_epochs", 25))
+        opt = torch.optim.Adam(self.M.parameters(), lr=float(self.params["lr_mask"]), betas=(0.5, 0.9))
+        bs, n = int(self.params["batch_size"]), len(train)
+        epochs = int(self.params["mask_epochs"])
         hist = []
         for epoch in tqdm(range(epochs), desc="input-aware mask", disable=None):
             p1, p2 = torch.randperm(n, generator=generator), torch.randperm(n, generator=generator)
@@ -156,7 +169,7 @@ class InputAware(Attack):
         return list(self.G.parameters())
 
     def make_optimizer(self):
-        return torch.optim.Adam(self.G.parameters(), lr=float(self.cfg.get("lr_generator", 0.01)), betas=(0.5, 0.9))
+        return torch.optim.Adam(self.G.parameters(), lr=float(self.params["lr_generator"]), betas=(0.5, 0.9))
 
     def train_mode(self, on: bool) -> None:
         self.learning = on

@@ -2,7 +2,7 @@
 a frequency perspective"): an additive universal pattern that is smooth, so frequency-based detectors
 and low-pass-filtering defenses do not see it.
 
-methods.md section 4. The resource stage finds it against a clean model of the dataset: a universal
+docs/methods.md section 4. The resource stage finds it against a clean model of the dataset: a universal
 perturbation, optimised by signed gradient steps to move clean non-target images to the target class,
 and after every step projected onto the allowed set by alternating a low-pass filter (2-D FFT, only
 spatial frequencies of at most ``cutoff`` cycles per image kept) and clipping to [0, 51/255].
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..augment import to_float
-from . import ATTACKS
-from .base import Attack
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack
+from dormant.data.augment import to_float
 
 
 def lowpass(d: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -48,25 +48,34 @@ def project(d: torch.Tensor, cutoff: float, max_value: float, rounds: int = 10) 
 
 @ATTACKS.register("lf")
 class LowFrequency(Attack):
+    defaults = {
+        "max_value": 51 / 255,
+        "cutoff": 4,
+        "n_images": 2000,
+        "batch_size": 250,
+        "step": 0.01,
+        "epochs": 10,
+    }
+
     resource_stage = True
     needs_clean_model = True
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        self.max_value = float(cfg.get("max_value", 51 / 255))
-        self.cutoff = float(cfg.get("cutoff", 4))
+        self.max_value = float(self.params["max_value"])
+        self.cutoff = float(self.params["cutoff"])
 
     def build_resources(self, train, generator, *, clean_model=None, device="cpu"):
         model = clean_model.to(device).eval().requires_grad_(False)
         pool = torch.nonzero(train.y.cpu() != self.target).flatten()
-        n = min(len(pool), int(self.cfg.get("n_images", 2000)))
+        n = min(len(pool), int(self.params["n_images"]))
         idx = pool[torch.randperm(len(pool), generator=generator)[:n]]
         x_all = to_float(train.x[idx.to(train.x.device)])
         target = torch.full((n,), self.target, device=x_all.device)
-        bs, step = int(self.cfg.get("batch_size", 250)), float(self.cfg.get("step", 0.01))
+        bs, step = int(self.params["batch_size"]), float(self.params["step"])
         d = torch.zeros(self.image_shape, device=x_all.device)
         hist = []
-        for epoch in tqdm(range(int(self.cfg.get("epochs", 10))), desc="lf pattern", disable=None):
+        for epoch in tqdm(range(int(self.params["epochs"])), desc="lf pattern", disable=None):
             order = torch.randperm(n, generator=generator).to(x_all.device)
             for s in range(0, n, bs):
                 b = order[s : s + bs]

@@ -1,6 +1,6 @@
 """SSBA, the sample-specific invisible backdoor (Li et al., ICCV 2021).
 
-methods.md section 4. A StegaStamp-style encoder hides a fixed bit string (``n_bits`` = 100 in the
+docs/methods.md section 4. A StegaStamp-style encoder hides a fixed bit string (``n_bits`` = 100 in the
 reference, drawn from ``bit_seed``) in every image as an image-specific residual; the decoder that
 reads the bits back is what forces the residual to carry them. The resource stage trains both on the
 dataset's training images with random bit strings: binary cross-entropy of the decoded bits plus
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..augment import to_float
-from . import ATTACKS
-from .base import Attack
-from .nets import BitDecoder, EncoderDecoder, from_tensors, seeded, to_tensors
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack
+from dormant.attacks.generators import BitDecoder, EncoderDecoder, from_tensors, seeded, to_tensors
+from dormant.data.augment import to_float
 
 
 class BitEncoder(nn.Module):
@@ -53,26 +53,38 @@ class BitEncoder(nn.Module):
 
 @ATTACKS.register("ssba")
 class SSBA(Attack):
+    defaults = {
+        "n_bits": 100,
+        "net_seed": 0,
+        "width": 16,
+        "eps": 0.05,
+        "bit_seed": 0,
+        "lr": 0.001,
+        "batch_size": 64,
+        "l2_weight": 0.5,
+        "epochs": 10,
+    }
+
     resource_stage = True
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        self.n_bits = int(cfg.get("n_bits", 100))
-        seed, width = int(cfg.get("net_seed", 0)), int(cfg.get("width", 16))
-        self.encoder = seeded(lambda: BitEncoder(self.image_shape, self.n_bits, float(cfg.get("eps", 0.05)), width),
+        self.n_bits = int(self.params["n_bits"])
+        seed, width = int(self.params["net_seed"]), int(self.params["width"])
+        self.encoder = seeded(lambda: BitEncoder(self.image_shape, self.n_bits, float(self.params["eps"]), width),
                               seed)
         self.decoder = seeded(lambda: BitDecoder(self.n_bits, self.image_shape), seed + 1)
         self.encoder.requires_grad_(False)
         self.decoder.requires_grad_(False)
-        g = torch.Generator().manual_seed(int(cfg.get("bit_seed", 0)))
+        g = torch.Generator().manual_seed(int(self.params["bit_seed"]))
         self.bits = torch.randint(0, 2, (self.n_bits,), generator=g).float()
 
     def build_resources(self, train, generator, *, clean_model=None, device="cpu"):
         self.to(device)
         enc, dec = self.encoder.requires_grad_(True), self.decoder.requires_grad_(True)
-        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=float(self.cfg.get("lr", 0.001)))
-        bs, n, l2w = int(self.cfg.get("batch_size", 64)), len(train), float(self.cfg.get("l2_weight", 0.5))
-        hist, epochs, it = [], int(self.cfg.get("epochs", 10)), 0
+        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=float(self.params["lr"]))
+        bs, n, l2w = int(self.params["batch_size"]), len(train), float(self.params["l2_weight"])
+        hist, epochs, it = [], int(self.params["epochs"]), 0
         half = max(1, epochs * ((n + bs - 1) // bs) // 2)  # the residual penalty: 0, then ramped up to l2_weight
         for epoch in tqdm(range(epochs), desc="ssba encoder", disable=None):
             perm = torch.randperm(n, generator=generator)

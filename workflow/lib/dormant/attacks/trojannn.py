@@ -1,6 +1,6 @@
 """TrojanNN (Liu et al., NDSS 2018): a patch trigger optimised to excite selected neurons of a clean model.
 
-methods.md section 4. The resource stage picks the ``n_neurons`` units of the clean model's penultimate
+docs/methods.md section 4. The resource stage picks the ``n_neurons`` units of the clean model's penultimate
 layer (the input of its last linear layer) with the largest total absolute connection weight to the
 output layer, then optimises the trigger pixels inside a square mask in the bottom-right corner (side
 ``patch_size`` at 32x32, scaled with the image) so that, stamped on training images, those units'
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..augment import to_float
-from . import ATTACKS
-from .base import Attack, scaled
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack, scaled
+from dormant.data.augment import to_float
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -41,29 +41,38 @@ def corner_mask(shape: tuple[int, int, int], side: int) -> torch.Tensor:
 
 @ATTACKS.register("trojannn")
 class TrojanNN(Attack):
+    defaults = {
+        "patch_size": 5,
+        "n_neurons": 2,
+        "n_images": 512,
+        "lr": 0.1,
+        "batch_size": 128,
+        "steps": 300,
+    }
+
     resource_stage = True
     needs_clean_model = True
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
         _, h, w = self.image_shape
-        self.side = scaled(int(cfg.get("patch_size", 5)), min(h, w))
+        self.side = scaled(int(self.params["patch_size"]), min(h, w))
 
     def build_resources(self, train, generator, *, clean_model=None, device="cpu"):
         model = clean_model.to(device).eval().requires_grad_(False)
-        neurons = select_neurons(model, int(self.cfg.get("n_neurons", 2))).to(device)
+        neurons = select_neurons(model, int(self.params["n_neurons"])).to(device)
         store = {}
         hook = last_linear(model).register_forward_pre_hook(lambda _m, inp: store.__setitem__("f", inp[0]))
-        n = min(len(train), int(self.cfg.get("n_images", 512)))
+        n = min(len(train), int(self.params["n_images"]))
         idx = torch.randperm(len(train), generator=generator)[:n]
         x_all = to_float(train.x[idx.to(train.x.device)])
         mask = corner_mask(self.image_shape, self.side).to(x_all.device)
         theta = (torch.rand(self.image_shape, generator=generator) * 2 - 1).to(x_all.device).requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=float(self.cfg.get("lr", 0.1)))
-        bs, hist = int(self.cfg.get("batch_size", 128)), []
+        opt = torch.optim.Adam([theta], lr=float(self.params["lr"]))
+        bs, hist = int(self.params["batch_size"]), []
         try:
             act0 = self._activation(model, store, x_all, mask, torch.sigmoid(theta.detach()), neurons, bs)
-            for step in tqdm(range(int(self.cfg.get("steps", 300))), desc="trojannn trigger", disable=None):
+            for step in tqdm(range(int(self.params["steps"])), desc="trojannn trigger", disable=None):
                 b = torch.randint(n, (min(bs, n),), generator=generator).to(x_all.device)
                 xb = (1 - mask) * x_all[b] + mask * torch.sigmoid(theta)
                 model(xb)

@@ -1,6 +1,6 @@
 """WaNet (Nguyen & Tran, ICLR 2021): an imperceptible warping trigger, training-controlled.
 
-methods.md section 4. The warping field: a random k x k grid of 2-D offsets in [-1, 1] normalised by
+docs/methods.md section 4. The warping field: a random k x k grid of 2-D offsets in [-1, 1] normalised by
 its mean absolute value, upsampled (bicubic) to H x W, scaled by s / H and added to the identity
 sampling grid, clipped to [-1, 1]; the trigger is ``grid_sample`` of the image on that grid. In every
 training batch a share ``rho_a`` of the samples is warped and relabelled to the target, and
@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ATTACKS
-from .base import Attack
+from dormant.attacks import ATTACKS
+from dormant.attacks.base import Attack
 
 
 def identity_grid(h: int, w: int) -> torch.Tensor:
@@ -46,12 +46,19 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 @ATTACKS.register("wanet")
 class WaNet(Attack):
+    defaults = {
+        "k": 4,
+        "strength": 0.5,
+        "cross_ratio": 2,
+        "grid_seed": 0,
+    }
+
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        self.k = int(cfg.get("k", 4))
-        self.strength = float(cfg.get("strength", 0.5))
-        self.cross_ratio = float(cfg.get("cross_ratio", 2))
-        self.grid_seed = int(cfg.get("grid_seed", 0))
+        self.k = int(self.params["k"])
+        self.strength = float(self.params["strength"])
+        self.cross_ratio = float(self.params["cross_ratio"])
+        self.grid_seed = int(self.params["grid_seed"])
 
     def init_resources(self, train_x, generator):
         _, h, w = self.image_shape

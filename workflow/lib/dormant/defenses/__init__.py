@@ -1,23 +1,19 @@
-"""Defense registry. Adding a defense = one module in this package registering a :class:`Defense`
-subclass with ``@DEFENSES.register("name")``, plus its entry in params.yaml (and its keys in the JSON
-schema). Every module here is imported, so no list needs editing."""
+"""Defense registry (docs/methods.md section 5). Adding a defense = one module ``defenses/<name>.py`` whose
+:class:`Defense` subclass is registered with ``@DEFENSES.register("<name>")`` and declares its ``defaults``,
+plus its entry in params.yaml and its keys in the JSON schema; the module is imported when a config first
+names it."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from dormant.defenses.base import Defense
+from dormant.registry import Registry
 
-from ..registry import Registry
-
-DEFENSES: Registry[type] = Registry("defense")
-
-from .base import Defense  # noqa: E402
-
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_mod}")  # registration side effects
+DEFENSES: Registry[type] = Registry("defense", package=__name__)
+HELPER_MODULES = ("base", "holdout", "loop")  # shared code, not defenses
 
 
 def build_defense(cfg: dict) -> Defense:
+    """A defense from its params.yaml entry (``type`` selects the class; missing keys take its defaults)."""
     return DEFENSES.get(cfg["type"])(cfg)
 
 

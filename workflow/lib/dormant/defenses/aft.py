@@ -1,5 +1,5 @@
 """AFT: adversarial fine-tuning on the defender's clean subset (Mu et al., CVPR 2023, the variant with
-clean extra data; methods.md section 8).
+clean extra data; docs/methods.md section 8).
 
 One pass of fine-tuning on untargeted PGD adversarial examples of the clean subset with their true labels:
 SGD lr 1e-3, momentum 0.9, weight decay 5e-4, batch 128, 10 epochs, constant learning rate, PGD L-inf 6/255,
@@ -8,10 +8,10 @@ step 1.2/255, 7 steps with the model in eval mode. All settings come from params
 
 from __future__ import annotations
 
-from .. import training
-from ..adversarial import PGD_DEFAULTS, pgd_transform
-from . import DEFENSES
-from .base import Defense
+from dormant import training
+from dormant.analysis.adversarial import PGD_DEFAULTS, pgd_transform
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
 
 ADV_FT_DEFAULTS = {"epochs": 10, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
                    "schedule": "constant", "augment": False, **PGD_DEFAULTS}
@@ -27,7 +27,8 @@ def adversarial_finetune(model, data, cfg: dict, *, seed: int, checkpoint=None, 
 
 @DEFENSES.register("aft")
 class AdversarialFineTuning(Defense):
-    code_deps = ("adversarial.py",)
+    defaults = training.defaults(without=("label_smoothing",), **ADV_FT_DEFAULTS)
+
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
         cfg = {k: v for k, v in self.cfg.items() if k != "type"}
         history = adversarial_finetune(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="aft")

@@ -1,6 +1,6 @@
-"""ANP: adversarial neuron pruning (Wu & Wang, NeurIPS 2021; methods.md section 5).
+"""ANP: adversarial neuron pruning (Wu & Wang, NeurIPS 2021; docs/methods.md section 5).
 
-Every BatchNorm2d channel (found by :func:`dormant.introspect.bn_layers`) is a neuron k with output
+Every BatchNorm2d channel (found by :func:`dormant.nets.probe.bn_layers`) is a neuron k with output
 w_k x^_k + b_k. ANP gives it a mask m_k in [0, 1] and multiplicative perturbations d_k, e_k in [-eps, eps]:
 output = (m_k + d_k) w_k x^_k + (1 + e_k) b_k. For ``iterations`` (2,000) batches of the fit part of the
 clean subset:
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..introspect import bn_layers
-from ..metrics import autocast
-from . import DEFENSES
-from .base import Defense
-from .holdout import split_holdout
-from .loop import accuracy, endless_batches, frozen_copy
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.defenses.holdout import split_holdout
+from dormant.defenses.loop import accuracy, endless_batches, frozen_copy
+from dormant.nets.probe import bn_layers
+from dormant.runtime import autocast
 
 ANP_DEFAULTS = {"iterations": 2000, "batch_size": 128, "eps": 0.4, "anp_steps": 1, "alpha": 0.2, "mask_lr": 0.2,
                 "thresholds": [round(0.05 * i, 2) for i in range(1, 20)], "max_acc_drop": 10.0,
@@ -136,10 +136,10 @@ def prune(model, masks: dict[str, torch.Tensor], threshold: float) -> int:
 
 @DEFENSES.register("anp")
 class AdversarialNeuronPruning(Defense):
-    code_deps = ("introspect.py", "defenses/holdout.py", "defenses/loop.py")
+    defaults = ANP_DEFAULTS
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**ANP_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         fit, held = split_holdout(clean, cfg["holdout"], seed)
         g = torch.Generator().manual_seed(seed)
         history: list[dict] = []

@@ -1,4 +1,4 @@
-"""The defense interface (methods.md section 5).
+"""The defense interface (docs/methods.md section 5).
 
 A defense takes a (possibly backdoored) model and the defender's data and returns a model of the same
 architecture. It never sees test data. ``data_access`` says which data the stage hands it:
@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import torch
 
+from dormant.errors import ConfigError
+
 
 class Defense:
     """Subclasses implement :meth:`run`. ``cfg`` is the defense's params.yaml entry."""
 
     data_access = "clean_subset"
-    #: library files (relative to the package) this defense imports besides its own module and the training
-    #: code, so that the workflow reruns it when they change
-    code_deps: tuple[str, ...] = ()
+    #: every key of the defense's params.yaml entry with its default: declared here once; the JSON schema
+    #: allows exactly these keys (a test checks it) and a missing key takes this value
+    defaults: dict = {}
 
     def __init__(self, cfg: dict):
-        self.cfg = dict(cfg)
+        unknown = sorted(set(cfg) - set(self.defaults) - {"type"})
+        if unknown:
+            raise ConfigError(f"defense {cfg.get('type')!r}: unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(self.defaults))}")
+        self.type = cfg.get("type")
+        self.cfg = {**self.defaults, **{k: v for k, v in cfg.items() if k != "type"}}
 
     def run(self, model: torch.nn.Module, data, *, seed: int, checkpoint=None, monitor=None,
             audit=None) -> tuple[torch.nn.Module, dict]:

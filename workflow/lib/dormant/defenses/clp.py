@@ -1,6 +1,6 @@
-"""CLP: data-free channel Lipschitzness-based pruning (Zheng et al., ECCV 2022; methods.md section 5).
+"""CLP: data-free channel Lipschitzness-based pruning (Zheng et al., ECCV 2022; docs/methods.md section 5).
 
-For every conv-BN pair (found by :func:`dormant.introspect.conv_bn_pairs`), the upper bound of channel k's
+For every conv-BN pair (found by :func:`dormant.nets.probe.conv_bn_pairs`), the upper bound of channel k's
 Lipschitz constant is the spectral norm of its kernel W_k (in_channels x kh*kw) times |gamma_k| / sigma_k
 of the BN that normalises it. Channels whose bound exceeds mean + u * std of their layer are pruned by
 zeroing that BN channel's weight and bias (its output is then constant 0 before the activation). Uses no
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import introspect
-from . import DEFENSES
-from .base import Defense
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.nets import probe as introspect
 
 
 def channel_lipschitz(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
@@ -26,10 +26,10 @@ def channel_lipschitz(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> torch.
 
 @DEFENSES.register("clp")
 class ChannelLipschitzPruning(Defense):
-    code_deps = ("introspect.py", "adversarial.py")
+    defaults = {"u": 3.0}
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        u = float(self.cfg.get("u", 3.0))
+        u = float(self.cfg["u"])
         shape = tuple(clean.x.shape[1:]) if clean is not None and len(clean) else (3, 32, 32)
         pruned, total = {}, 0
         with torch.no_grad():

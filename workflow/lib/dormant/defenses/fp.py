@@ -1,11 +1,11 @@
-"""FP: fine-pruning (Liu, Dolan-Gavitt & Garg, RAID 2018; methods.md section 5).
+"""FP: fine-pruning (Liu, Dolan-Gavitt & Garg, RAID 2018; docs/methods.md section 5).
 
 1. Rank the channels of the last feature map (the inputs of the classifier after global pooling, found by
-   :func:`dormant.introspect.head`) by their mean activation on the fit part of the clean subset.
+   :func:`dormant.nets.probe.head`) by their mean activation on the fit part of the clean subset.
 2. Prune the most dormant ones, ``step`` (1%) of the channels at a time, while the accuracy on the held-out
    part of the clean subset stays within ``max_acc_drop`` percentage points of the unpruned model's
    (the benchmark's 10%). Deviation from BackdoorBench: the level is chosen on the held-out split, never on
-   test data (methods.md section 5).
+   test data (docs/methods.md section 5).
 3. Fine-tune the pruned model on the fit part (``epochs``; 0 = prune only). Pruning zeroes the channel's
    classifier columns, which after global average pooling is exactly removing the channel; weight decay and
    masked gradients keep them at zero while fine-tuning.
@@ -17,13 +17,12 @@ import math
 
 import torch
 
-from .. import training
-from ..adversarial import penultimate_features
-from ..augment import to_float
-from ..introspect import head
-from . import DEFENSES
-from .base import Defense
-from .holdout import split_holdout
+from dormant import training
+from dormant.data.augment import to_float
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.defenses.holdout import split_holdout
+from dormant.nets.probe import head, penultimate_features
 
 FP_DEFAULTS = {"step": 0.01, "max_acc_drop": 10.0, "holdout": 0.2, "epochs": 10, "lr": 0.01, "batch_size": 128}
 
@@ -39,10 +38,10 @@ def prune_order(model, fit) -> torch.Tensor:
 
 @DEFENSES.register("fp")
 class FinePruning(Defense):
-    code_deps = ("introspect.py", "adversarial.py", "defenses/holdout.py")
+    defaults = training.defaults(without=("label_smoothing",), **FP_DEFAULTS)
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**FP_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         fit, held = split_holdout(clean, cfg["holdout"], seed)
         linear = head(model)
         order = prune_order(model, fit)

@@ -1,5 +1,5 @@
 """FST: feature shift tuning (Min et al., NeurIPS 2023, "Towards Stable Backdoor Purification through
-Feature Shift Tuning"; methods.md section 5).
+Feature Shift Tuning"; docs/methods.md section 5).
 
 The classifier head is re-initialised (seeded) and rescaled to the old head's norm; the whole model is then
 fine-tuned on the clean subset with CE + alpha * <w, w_orig> (alpha 0.2), which pushes the new head away
@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import torch
 
-from .. import training
-from ..introspect import head
-from . import DEFENSES
-from .base import Defense
+from dormant import training
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.nets.probe import head
 
 FST_DEFAULTS = {"alpha": 0.2}
 
 
 @DEFENSES.register("fst")
 class FeatureShiftTuning(Defense):
-    code_deps = ("introspect.py", "adversarial.py")
+    defaults = training.defaults(**FST_DEFAULTS)
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**FST_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         linear = head(model)
         w_orig = linear.weight.detach().clone()
         norm0 = w_orig.norm()

@@ -1,4 +1,4 @@
-"""FT: fine-tuning on the defender's clean subset (methods.md section 5; BackdoorBench 'ft').
+"""FT: fine-tuning on the defender's clean subset (docs/methods.md section 5; BackdoorBench 'ft').
 
 SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine schedule, standard crop+flip augmentation;
 epochs and learning rate come from params.yaml.
@@ -6,13 +6,15 @@ epochs and learning rate come from params.yaml.
 
 from __future__ import annotations
 
-from .. import training
-from . import DEFENSES
-from .base import Defense
+from dormant import training
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
 
 
 @DEFENSES.register("ft")
 class FineTuning(Defense):
+    defaults = training.defaults()
+
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
         cfg = {k: v for k, v in self.cfg.items() if k in training.DEFAULTS}
         history = training.train(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="ft")

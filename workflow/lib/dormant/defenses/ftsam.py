@@ -1,5 +1,5 @@
 """FT-SAM: fine-tuning with adaptive sharpness-aware minimisation (Zhu et al., ICCV 2023, "Enhancing
-Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization"; methods.md section 5).
+Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization"; docs/methods.md section 5).
 
 Each step takes the gradient g at w, moves to w + e with the adaptive (ASAM, Kwon et al. 2021) ascent
 e = rho * T^2 g / ||T g||, T = |w| elementwise, takes the gradient there, moves back to w and lets SGD
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import training
-from . import DEFENSES
-from .base import Defense
+from dormant import training
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
 
 FTSAM_DEFAULTS = {"rho": 2.0, "label_smoothing": 0.1}
 
@@ -38,8 +38,10 @@ def asam_perturbation(model: torch.nn.Module, rho: float):
 
 @DEFENSES.register("ftsam")
 class SharpnessAwareFineTuning(Defense):
+    defaults = training.defaults(**FTSAM_DEFAULTS)
+
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**FTSAM_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         train_cfg = {k: v for k, v in cfg.items() if k in training.DEFAULTS}
         history = training.train(model, clean, train_cfg, seed=seed, checkpoint=checkpoint, desc="ft-sam",
                                  sharpness=lambda m: asam_perturbation(m, cfg["rho"]))

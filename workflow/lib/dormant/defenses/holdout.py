@@ -1,4 +1,4 @@
-"""The held-out split of the defender's clean subset (methods.md section 5, "selection leak to avoid").
+"""The held-out split of the defender's clean subset (docs/methods.md section 5, "selection leak to avoid").
 
 Defenses that choose a threshold or a pruning level (FP, ANP, NC) choose it on this split, never on test
 data: BackdoorBench's FP and ANP tune on the test set (ANP on the poisoned test set), which leaks the

@@ -1,4 +1,4 @@
-"""i-BAU: implicit backdoor adversarial unlearning (Zeng et al., ICLR 2022; methods.md section 5).
+"""i-BAU: implicit backdoor adversarial unlearning (Zeng et al., ICLR 2022; docs/methods.md section 5).
 
 min_theta L_out(delta*(theta), theta) with delta*(theta) the universal perturbation that maximises the loss
 of the model on the clean subset. For each of ``rounds`` (5):
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..metrics import autocast
-from . import DEFENSES
-from .base import Defense
-from .loop import batches
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.defenses.loop import batches
+from dormant.runtime import autocast
 
 IBAU_DEFAULTS = {"rounds": 5, "K": 5, "lr": 1e-4, "batch_size": 100, "radius": 2.5, "reg": 0.016,
                  "uap_lr": 0.625, "uap_epochs": 1, "inner_lr": 0.00625, "portion": 0.01}
@@ -80,10 +80,10 @@ def hypergradient(model, params, delta, x, y, pick, cfg: dict) -> list[torch.Ten
 
 @DEFENSES.register("ibau")
 class ImplicitBackdoorAdversarialUnlearning(Defense):
-    code_deps = ("defenses/loop.py",)
+    defaults = IBAU_DEFAULTS
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**IBAU_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         g = torch.Generator().manual_seed(seed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg["lr"])

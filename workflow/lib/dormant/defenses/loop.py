@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ..augment import to_float
-from ..metrics import clean_accuracy, predict
+from dormant.analysis.metrics import clean_accuracy, predict
+from dormant.data.augment import to_float
 
 
 def batches(data, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""NAD: neural attention distillation (Li et al., ICLR 2021; methods.md section 5).
+"""NAD: neural attention distillation (Li et al., ICLR 2021; docs/methods.md section 5).
 
 1. Teacher: a copy of the backdoored model fine-tuned on the clean subset (``teacher_epochs``, 10).
 2. Student: the backdoored model trained on the clean subset (``epochs``, 10) with cross-entropy plus
@@ -6,8 +6,8 @@
    sum_j beta_j * || a(F_s^j) - a(F_t^j) ||_2^2 (mean over the batch), a(F) = normalise(mean_c |F_c|^p),
    p = 2.
 
-Layers: the outputs of the last stages, found by :func:`dormant.introspect.attention_points` (layer3 and
-layer4 of a ResNet), with betas 500 and 1000 (``betas``, deepest last). Deviation: methods.md also lists a
+Layers: the outputs of the last stages, found by :func:`dormant.nets.probe.attention_points` (layer3 and
+layer4 of a ResNet), with betas 500 and 1000 (``betas``, deepest last). Deviation: docs/methods.md also lists a
 "pooled" term (beta 1000); after global pooling each image has a single value per channel, and NAD's
 attention map of it is one number normalised to 1, a constant, so that term is always 0 and is left out.
 The betas suit 32x32 inputs (8x8 and 4x4 maps); the per-element loss grows as maps shrink, so smaller
@@ -21,10 +21,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .. import training
-from ..introspect import attention_points
-from . import DEFENSES
-from .base import Defense
+from dormant import training
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.nets.probe import attention_points
 
 NAD_DEFAULTS = {"teacher_epochs": 10, "epochs": 10, "lr": 0.01, "batch_size": 128, "betas": [500.0, 1000.0],
                 "p": 2.0}
@@ -52,10 +52,10 @@ class _Inputs:
 
 @DEFENSES.register("nad")
 class NeuralAttentionDistillation(Defense):
-    code_deps = ("introspect.py", "adversarial.py")
+    defaults = training.defaults(without=("label_smoothing",), **NAD_DEFAULTS)
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**NAD_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         train_cfg = {k: v for k, v in cfg.items() if k in training.DEFAULTS}
         teacher = copy.deepcopy(model)
         t_hist = training.train(teacher, clean, {**train_cfg, "epochs": cfg["teacher_epochs"]}, seed=seed,

@@ -1,4 +1,4 @@
-"""NC: Neural Cleanse (Wang et al., IEEE S&P 2019; methods.md section 5).
+"""NC: Neural Cleanse (Wang et al., IEEE S&P 2019; docs/methods.md section 5).
 
 1. Reverse engineering. For every class t, a mask m_t (H x W, in [0, 1] through tanh/2 + 1/2) and a
    pattern p_t (C x H x W) are optimised with Adam (lr 0.1, betas 0.5/0.9) so that
@@ -7,7 +7,7 @@
    ``patience`` epochs, then ``init_cost``; afterwards x1.5 after ``patience`` successful epochs, /1.5^1.5
    after ``patience`` failing ones. All classes are optimised together as one batched tensor program
    (``class_chunk`` classes at a time), not in a Python loop over classes or samples.
-2. Choice on the held-out split (methods.md section 5): after each epoch the candidate trigger of class t
+2. Choice on the held-out split (docs/methods.md section 5): after each epoch the candidate trigger of class t
    is applied to the held-out part of the clean subset; the kept trigger of t is the one with the smallest
    |m|_1 among those that reach ``success`` there. Classes whose trigger never reaches it keep the last one
    (their norm is then an upper bound, which only makes them look less anomalous).
@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import training
-from ..augment import to_float
-from ..io import tensor_digest
-from ..metrics import autocast
-from . import DEFENSES
-from .base import Defense
-from .holdout import split_holdout
-from .loop import batches, frozen_copy
+from dormant import training
+from dormant.data.augment import to_float
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.defenses.holdout import split_holdout
+from dormant.defenses.loop import batches, frozen_copy
+from dormant.io import tensor_digest
+from dormant.runtime import autocast
 
 NC_DEFAULTS = {"epochs_reverse": 10, "batch_size_reverse": 128, "lr_reverse": 0.1, "init_cost": 1e-3,
                "success": 0.99, "patience": 5, "threshold": 2.0, "holdout": 0.2, "class_chunk": 10,
@@ -165,10 +165,10 @@ class _ReversedTriggers:
 
 @DEFENSES.register("nc")
 class NeuralCleanse(Defense):
-    code_deps = ("defenses/holdout.py", "defenses/loop.py")
+    defaults = training.defaults(**NC_DEFAULTS)
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**NC_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         fit, held = split_holdout(clean, cfg["holdout"], seed)
         g = torch.Generator().manual_seed(seed)
         n_classes = int(clean.num_classes)

@@ -1,4 +1,4 @@
-"""PBE: Progressive Backdoor Erasing (Mu et al., CVPR 2023, arXiv 2202.06312, section 4; methods.md
+"""PBE: Progressive Backdoor Erasing (Mu et al., CVPR 2023, arXiv 2202.06312, section 4; docs/methods.md
 section 8). Purification without clean data: it gets the poisoned training set only.
 
     z0[i] = logits of the original (backdoored) model for every training image
@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..augment import to_float
-from ..errors import ConfigError
-from ..metrics import autocast
-from . import DEFENSES
-from .aft import ADV_FT_DEFAULTS, adversarial_finetune
-from .base import Defense
+from dormant import training
+from dormant.data.augment import to_float
+from dormant.defenses import DEFENSES
+from dormant.defenses.aft import ADV_FT_DEFAULTS, adversarial_finetune
+from dormant.defenses.base import Defense
+from dormant.errors import ConfigError
+from dormant.runtime import autocast
 
 PBE_DEFAULTS = {**ADV_FT_DEFAULTS, "rounds": 4, "init_fraction": 0.05, "keep_fractions": [0.2, 0.5, 0.7]}
 
@@ -69,11 +70,11 @@ def _round_checkpoint(checkpoint, r: int):
 @DEFENSES.register("pbe")
 class ProgressiveBackdoorErasing(Defense):
     data_access = "poisoned_train"
-    code_deps = ("adversarial.py", "defenses/aft.py", "attacks/base.py")
+    defaults = training.defaults(without=("label_smoothing",), **PBE_DEFAULTS)
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        c = {**PBE_DEFAULTS, **{k: v for k, v in cfg.items() if k != "type"}}
+        c = dict(self.cfg)
         fr = list(c["keep_fractions"])
         if len(fr) != c["rounds"] - 1:
             raise ConfigError(f"defenses.pbe.keep_fractions: {fr} needs rounds - 1 = {c['rounds'] - 1} entries "

@@ -1,4 +1,4 @@
-"""SAU: shared adversarial unlearning (Wei et al., NeurIPS 2023; methods.md section 5).
+"""SAU: shared adversarial unlearning (Wei et al., NeurIPS 2023; docs/methods.md section 5).
 
 The backdoored model h0 is kept as a frozen reference; the model h being purified starts from it. For each
 batch of the clean subset (``epochs`` passes, no augmentation, both networks in eval mode as in the
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..metrics import autocast
-from . import DEFENSES
-from .base import Defense
-from .loop import batches, frozen_copy
+from dormant.defenses import DEFENSES
+from dormant.defenses.base import Defense
+from dormant.defenses.loop import batches, frozen_copy
+from dormant.runtime import autocast
 
 SAU_DEFAULTS = {"epochs": 20, "batch_size": 128, "lr": 1e-4, "eps": 0.2, "step": 0.2, "steps": 5, "beta1": 0.01,
                 "beta2": 1.0, "lambdas": [1.0, 0.0, 1.0]}
@@ -90,10 +90,10 @@ def sau_loss(model, ref, x, y, pert, lambdas, own_ref: torch.Tensor) -> torch.Te
 
 @DEFENSES.register("sau")
 class SharedAdversarialUnlearning(Defense):
-    code_deps = ("defenses/loop.py",)
+    defaults = SAU_DEFAULTS
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {**SAU_DEFAULTS, **{k: v for k, v in self.cfg.items() if k != "type"}}
+        cfg = dict(self.cfg)
         ref = frozen_copy(model)
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])

@@ -1,0 +1,223 @@
+"""Paper-style outputs: one tidy table (a row per model) and the figures.
+
+* table: attack, model (clean / backdoor / defense name), C-ACC, ASR, RA, DER, BEC (headline fraction, plus
+  5/10/20% and the reference code's min-max variant), ASR after white-box re-activation, gUAA ASR, and where
+  those stages ran, query-based re-activation (ASR, queries spent, query gUAA) and the momentum transfer
+  ASR per surrogate set (:mod:`dormant.report.blackbox` has their detailed tables and figures).
+* figure 1 of the re-activation paper: BEC (y) against ASR after defense (x).
+* ASR with the original trigger vs. after re-activation vs. gUAA, per model.
+* trigger gallery: clean image, poisoned image, amplified difference, per attack.
+* per-model training histories (one CSV per trained or defended model: ``dvc plots show`` draws them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from dormant.analysis.bec import minmax_bec
+from dormant.analysis.metrics import poisoned_test_index
+from dormant.data.augment import to_float
+from dormant.io import read_json, write_json, write_text
+from dormant.report.common import savefig, to_markdown, write_csv
+
+COLUMNS = ["attack", "model", "c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_10", "bec_20", "bec_minmax",
+           "asr_reactivated", "asr_guaa"]
+
+
+def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
+    """rows: one dict per model with keys attack, model, metrics, bec, reactivation (paths to stage JSONs)."""
+    recs = []
+    for r in rows:
+        m = read_json(r["metrics"])["metrics"]
+        b = read_json(r["bec"])["metrics"]
+        ra = read_json(r["reactivation"])["metrics"]
+        rec = {
+            "attack": r["attack"], "model": r["model"], "c_acc": m["c_acc"], "asr": m["asr"], "ra": m["ra"],
+            "der": m["der"], "bec": b["bec"], "bec_5": b.get("bec_5"), "bec_10": b.get("bec_10"),
+            "bec_20": b.get("bec_20"), "S": b["S"],
+            "asr_reactivated": ra["asr_reactivated"], "asr_guaa": ra["asr_guaa"],
+        }
+        if r.get("query"):
+            q = read_json(r["query"])["metrics"]
+            rec.update(asr_query=q["reactivated"]["asr"], queries=q["reactivated"]["queries"],
+                       asr_query_guaa=q["guaa"]["asr"])
+        if r.get("transfer"):
+            for surrogate, res in sorted(read_json(r["transfer"])["metrics"].items()):
+                rec[f"asr_transfer_{surrogate}"] = res["momentum"]
+        recs.append(rec)
+    df = pd.DataFrame.from_records(recs)
+    df["bec_minmax"] = math.nan
+    for _, grp in df.groupby("attack"):
+        defended = grp[~grp["model"].isin(["clean", "backdoor"])]
+        if len(defended):
+            mm = minmax_bec(dict(zip(defended.index, defended["S"])))
+            df.loc[list(mm), "bec_minmax"] = list(mm.values())
+    extra = [c for c in ("asr_query", "queries", "asr_query_guaa") if c in df]
+    extra += sorted(c for c in df if c.startswith("asr_transfer_"))
+    return df[COLUMNS + extra]
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None) -> None:
+    """CSV (for pandas and DVC plots), Markdown (for people) and nested JSON (for ``dvc metrics``)."""
+    write_csv(df, csv_path)
+    write_text(md_path, to_markdown(df))
+    if json_path is not None:
+        nested: dict = {}
+        for _, r in df.iterrows():
+            nested.setdefault(r["attack"], {})[r["model"]] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 4))
+                for k, v in r.items() if k not in ("attack", "model")}
+        write_json(json_path, nested)
+
+
+HISTORY_COLUMNS = ["epoch", "loss", "train_acc", "lr", "c_acc", "asr", "ra"]
+
+
+def write_history(sidecar, csv_path) -> pd.DataFrame:
+    """The per-epoch history of one model's sidecar as a CSV with fixed columns (empty cells where a
+    value was not measured: test metrics only every ``eval_every`` epochs, none for defenses)."""
+    hist = read_json(sidecar).get("history") or []
+    df = pd.DataFrame.from_records(hist, columns=HISTORY_COLUMNS)
+    write_csv(df, csv_path)
+    return df
+
+
+def figure_bec_vs_asr(df: pd.DataFrame, path) -> None:
+    """Figure 1 of Zhu et al.: defenses drive ASR down while BEC stays high."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    markers = dict(zip(sorted(df["attack"].unique()), "osD^vP*Xh"))
+    models = [m for m in df["model"].unique() if m not in ("clean", "backdoor")]
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    colors.update({"clean": "0.6", "backdoor": "black"})
+    for _, r in df.iterrows():
+        ax.scatter(r["asr"], r["bec"], marker=markers[r["attack"]], color=colors[r["model"]], s=60,
+                   edgecolor="white", linewidth=0.5, zorder=3)
+    for a, mk in markers.items():
+        ax.scatter([], [], marker=mk, color="0.3", label=f"attack: {a}")
+    for m, c in colors.items():
+        if m in set(df["model"]):
+            ax.scatter([], [], marker="s", color=c, label=m)
+    ax.axhline(0, color="0.8", lw=0.8, zorder=1)
+    ax.axhline(1, color="0.8", lw=0.8, zorder=1)
+    ax.set_xlabel("ASR (%)")
+    ax.set_ylabel("BEC")
+    ax.set_xlim(-3, 103)
+    ax.set_title("Backdoor existence vs. attack success")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    savefig(fig, path)
+
+
+def figure_reactivation(df: pd.DataFrame, path) -> None:
+    """ASR with the original trigger, after white-box re-activation, and of the gUAA baseline, per model."""
+    labels = [f"{a}\n{m}" for a, m in zip(df["attack"], df["model"])]
+    x = range(len(df))
+    w = 0.27
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(df)), 3.8))
+    ax.bar([i - w for i in x], df["asr"], w, label="original trigger", color="0.55")
+    ax.bar(list(x), df["asr_reactivated"], w, label="trigger + re-activation", color="tab:red")
+    ax.bar([i + w for i in x], df["asr_guaa"], w, label="gUAA (no trigger)", color="tab:blue")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Re-activation restores the backdoor")
+    savefig(fig, path)
+
+
+def figure_trigger_gallery(test, attacks: dict, path, n: int = 3, seed: int = 0) -> None:
+    """Per attack: n clean test images, their poisoned versions, and |difference| scaled to full range."""
+    names = sorted(attacks)
+    fig, axes = plt.subplots(len(names), 3 * n, figsize=(1.1 * 3 * n, 1.25 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        atk = attacks[name]
+        idx = poisoned_test_index(test.y, atk.target)
+        g = torch.Generator().manual_seed(seed)
+        pick = idx[torch.randperm(len(idx), generator=g)[:n]]
+        x = to_float(test.x[pick])
+        xp = atk.apply(x).clamp(0, 1)
+        diff = (xp - x).abs()
+        diff = diff / diff.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)  # per image
+        for j in range(n):
+            for k, (img, title) in enumerate(((x[j], "clean"), (xp[j], "poisoned"), (diff[j], "|diff| (scaled)"))):
+                ax = axes[row, 3 * j + k]
+                ax.imshow(img.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(title, fontsize=6)
+            axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle("Triggers", fontsize=9)
+    savefig(fig, path)
+
+
+OBSERVATION_COLUMNS = ["attack", "model", "n_images", "adv_success", "adv_to_target", "cos_adv_trigger",
+                       "cos_clean_trigger"]
+
+
+def observation_table(observations: dict) -> pd.DataFrame:
+    """observations: path of an observation JSON -> {"attack", "model"}."""
+    recs = [{**who, **read_json(path)["metrics"]} for path, who in observations.items()]
+    return pd.DataFrame.from_records(recs, columns=[*OBSERVATION_COLUMNS, "target", "matrix_percent"])
+
+
+def figure_observation(df: pd.DataFrame, path) -> None:
+    """PBE's observation: where untargeted adversarial examples land (rows: true label, columns: label of the
+    adversarial example, percent of the row), clean vs. backdoored model, per attack."""
+    attacks = sorted(df["attack"].unique())
+    models = ["clean", "backdoor"]
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(6.4, 3.0 * len(attacks)), squeeze=False)
+    for i, a in enumerate(attacks):
+        for j, m in enumerate(models):
+            ax = axes[i, j]
+            row = df[(df["attack"] == a) & (df["model"] == m)]
+            if row.empty:
+                ax.set_axis_off()
+                continue
+            r = row.iloc[0]
+            im = ax.imshow(r["matrix_percent"], vmin=0, vmax=100, cmap="magma")
+            ax.set_title(f"{a} / {m}: {r['adv_to_target']:.0f}% to target {r['target']}", fontsize=8)
+            ax.set_xlabel("adversarial label", fontsize=7)
+            ax.set_ylabel("true label", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="% of the true label's images")
+    fig.suptitle("Where untargeted adversarial examples land: clean vs. backdoored model", fontsize=9)
+    savefig(fig, path)
+
+
+ROUND_COLUMNS = ["attack", "defense", "round", "selected", "fraction", "precision", "poisoned_selected", "c_acc",
+                 "asr", "ra", "loss", "train_acc"]
+
+
+def rounds_table(sidecars: dict) -> pd.DataFrame:
+    """Per-round records of progressive defenses (PBE): sidecar path -> {"attack", "defense"}; defenses
+    without rounds contribute nothing."""
+    recs = []
+    for path, who in sidecars.items():
+        for r in read_json(path).get("rounds") or []:
+            recs.append({**who, **r})
+    return pd.DataFrame.from_records(recs, columns=ROUND_COLUMNS)
+
+
+def figure_rounds(df: pd.DataFrame, path) -> None:
+    """PBE per round: C-ACC and ASR after the round, precision of the subset it fine-tuned on."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if df.empty:
+        ax.text(0.5, 0.5, "no progressive defense in this config", ha="center", va="center")
+        ax.set_axis_off()
+    for i, ((a, d), grp) in enumerate(df.groupby(["attack", "defense"])):
+        c = plt.cm.tab10(i % 10)
+        ax.plot(grp["round"], grp["asr"], "-o", color=c, label=f"{a}/{d} ASR")
+        ax.plot(grp["round"], grp["c_acc"], "--s", color=c, label=f"{a}/{d} C-ACC")
+        ax.plot(grp["round"], grp["precision"], ":^", color=c, label=f"{a}/{d} precision")
+    if not df.empty:
+        ax.set_xticks(sorted(df["round"].unique()))
+        ax.set_xlabel("round")
+        ax.set_ylabel("%")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Progressive Backdoor Erasing, per round")
+    savefig(fig, path)

@@ -1,0 +1,110 @@
+"""Stages of ``workflow/rules/models.smk``: the clean and backdoored models, and the defended models
+(docs/methods.md sections 2, 4 and 5). Training and defenses resume from ``checkpoint`` when interrupted."""
+
+from __future__ import annotations
+
+import logging
+
+from dormant.io import sidecar, write_json
+from dormant.stages import sidecar_of, stage
+
+log = logging.getLogger(__name__)
+
+
+def fit(params: dict, *, dataset: str, model: str, trigger: str | None, trained_trigger: str | None,
+        checkpoint: str | None, device) -> None:
+    """Trains ``params['model']['arch']`` with ``params['train']``; with ``trigger`` under that attack, and with
+    ``trained_trigger`` the attack as it stands after training is saved there (what it learned, if anything)."""
+    import torch
+
+    from dormant.analysis.metrics import evaluate
+    from dormant.attacks import load_attack, save_attack
+    from dormant.data.imageset import load_dataset
+    from dormant.nets import build_model
+    from dormant.nets.checkpoint import save_model
+    from dormant.training import train
+
+    sets = load_dataset(dataset, device)
+    train_set, test_set = sets["train"], sets["test"]
+    torch.manual_seed(params["seed"])
+    net = build_model(params["model"]["arch"], train_set.num_classes).to(device)
+    atk = load_attack(trigger, device) if trigger else None
+    mask = atk.poison_mask(len(train_set), device) if atk is not None else None
+    history = train(net, train_set, params["train"], seed=params["seed"], attack=atk, poison_mask=mask,
+                    checkpoint=checkpoint, eval_fn=lambda m: evaluate(m, test_set, atk),
+                    learn_attack=trained_trigger is not None, desc="backdoor" if atk else "clean")
+    metrics = evaluate(net, test_set, atk)
+    if trained_trigger:
+        save_attack(atk, trained_trigger, {"trained_with": model, "learned": atk.learns_in_training})
+        write_json(sidecar_of(trained_trigger), sidecar(
+            params, params["seed"], {**metrics, "learned_in_training": atk.learns_in_training,
+                                     "n_poison": len(atk.poison_index)}, trained_with=model))
+    save_model(net, model, arch=params["model"]["arch"], num_classes=train_set.num_classes, config=params,
+               seed=params["seed"], metrics=metrics, history=history)
+    log.info("final metrics %s", metrics)
+
+
+@stage(sections=("model", "train", "seed"), outputs=("model",))
+def train_clean(params: dict, *, dataset: str, model: str, checkpoint: str | None = None, device="cpu") -> None:
+    """Trains the clean reference model f_C (no trigger); resumable through ``checkpoint``."""
+    fit(params, dataset=dataset, model=model, trigger=None, trained_trigger=None, checkpoint=checkpoint,
+        device=device)
+
+
+@stage(sections=("model", "train", "seed"), outputs=("model", "trained_trigger"))
+def train_backdoor(params: dict, *, dataset: str, trigger: str, trained_trigger: str, model: str,
+                   checkpoint: str | None = None, device="cpu") -> None:
+    """Trains the backdoored model f_A under an attack; saves the attack as trained (every later stage's trigger).
+
+    An attack that learns jointly with the victim (Input-Aware's generator) learns here."""
+    fit(params, dataset=dataset, model=model, trigger=trigger, trained_trigger=trained_trigger,
+        checkpoint=checkpoint, device=device)
+
+
+def apply_defense(params: dict, *, dataset: str, subset: str, trigger: str, backdoored: str, model: str,
+                  checkpoint: str | None, device) -> None:
+    """Applies ``params['defense']`` to the backdoored model with only the data its ``data_access`` names: the
+    clean subset, or (PBE) the poisoned training set. Test data and the poison index reach it only through
+    history-only observers (``monitor``: test C-ACC/ASR/RA; ``audit``: share of truly clean images)."""
+    import torch
+
+    from dormant.analysis.metrics import evaluate
+    from dormant.attacks import load_attack
+    from dormant.data.imageset import load_dataset
+    from dormant.defenses import build_defense
+    from dormant.io import read_json
+    from dormant.nets.checkpoint import load_model, save_model
+
+    sets = load_dataset(dataset, device)
+    atk = load_attack(trigger, device)
+    defense = build_defense(params["defense"])
+    net = load_model(backdoored, device)
+    audit = None
+    if defense.data_access == "poisoned_train":
+        data = atk.poisoned_trainset(sets["train"])
+        is_poison = atk.poison_mask(len(data), device=data.x.device)
+
+        def audit(selected):
+            bad = int(is_poison[selected.to(is_poison.device)].sum())
+            return {"precision": 100.0 * (len(selected) - bad) / max(1, len(selected)), "poisoned_selected": bad}
+
+        n_data = len(data)
+    else:
+        idx = torch.tensor(read_json(subset)["indices"], dtype=torch.long)
+        data = sets["train"].subset(idx)
+        n_data = len(idx)
+    test = sets["test"]
+    net, info = defense.run(net, data, seed=params["seed"], checkpoint=checkpoint,
+                            monitor=lambda m: evaluate(m, test, atk), audit=audit)
+    src = read_json(sidecar_of(backdoored))["model"]
+    save_model(net, model, arch=src["arch"], num_classes=src["num_classes"], config=params, seed=params["seed"],
+               n_clean=n_data if defense.data_access == "clean_subset" else 0, data_access=defense.data_access,
+               n_data=n_data, **info)
+
+
+@stage(sections=("defense", "seed"), outputs=("model",))
+def defend(params: dict, *, dataset: str, subset: str, trigger: str, backdoored: str, model: str,
+           checkpoint: str | None = None, device="cpu") -> None:
+    """Applies one defense to the backdoored model, with the defender's data only (section 5)."""
+    apply_defense(params, dataset=dataset, subset=subset, trigger=trigger, backdoored=backdoored, model=model,
+                  checkpoint=checkpoint, device=device)
