@@ -49,8 +49,10 @@ def test_method_citations_point_at_existing_sections():
 
 def test_nothing_refers_to_a_file_outside_the_repository():
     for f in _tracked():
+        if f.name == "test_docs.py":  # this file spells out what it looks for
+            continue
         text = f.read_text(errors="replace")
-        assert "shared/" + "reference" not in text, f  # (spelt in two parts so that this file passes)
+        assert "shared/reference" not in text, f
         bare = re.search(r"(?<![\w/.])methods\.md", text)
         assert bare is None or f.parent.name == "docs", f"{f}: cites methods.md without its docs/ path"
 
