@@ -130,7 +130,8 @@ def render() -> str:
              "`python workflow/scripts/params_reference.py` (a test keeps this page in sync). Defaults of the",
              "top-level sections are the values of the shipped `params.yaml` (the CPU default run; the paper's",
              "values are in `config/paper.yaml`); defaults of an attack's or a defense's own keys are the ones its",
-             "class declares, taken when the key is left out. Formulas and paper settings: [docs/methods.md](./methods.md).",
+             "class declares, taken when the key is left out. Formulas and paper settings:",
+             "[docs/methods.md](./methods.md).",
              ""]
     for name, node in schema["properties"].items():
         if name in ("attacks", "defenses"):
