@@ -10,6 +10,7 @@ or damaged file) end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -113,8 +114,7 @@ def main(argv=None) -> int:
         from dormant import runtime
 
         device = runtime.setup(args.threads or args.global_threads, args.device or args.global_device)
-        if "device" in stage.func.__code__.co_varnames[: stage.func.__code__.co_argcount
-                                                        + stage.func.__code__.co_kwonlyargcount]:
+        if "device" in inspect.signature(stage.func).parameters:
             kwargs["device"] = device
         stage.func(params, **kwargs)
     except DormantError as e:
