@@ -1,4 +1,5 @@
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,9 @@ import yaml
 from dormant.data.sources import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# The full CIFAR-10 JPEG archive of the real-data tests: $DORMANT_CIFAR10_ARCHIVE, else where CI lays it out
+SHARED_ARCHIVE = Path(os.environ.get("DORMANT_CIFAR10_ARCHIVE")
+                      or REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Integration on real CIFAR-10 (the JPEG archive in ../shared/datasets): a backdoor is implanted, FT weakens it,
-yet the backdoor's features survive (BEC well above 0) and a small universal perturbation re-activates it far
-better than the same optimisation without the trigger (gUAA) -- the paper's claims, at CPU scale."""
+"""Integration on real CIFAR-10 (the full JPEG archive, tests/conftest.py SHARED_ARCHIVE): a backdoor is
+implanted, FT weakens it, yet the backdoor's features survive (BEC well above 0) and a small universal
+perturbation re-activates it far better than the same optimisation without the trigger (gUAA) -- the paper's
+claims, at CPU scale."""
 
 import pytest
 import torch

@@ -327,12 +327,14 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
 
 
-def test_full_archive_overlay_dry_run(repo):
+def test_full_archive_overlay_dry_run(repo, tmp_path):
     from .conftest import SHARED_ARCHIVE
 
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"no archive at {SHARED_ARCHIVE}")
-    r = snakemake(repo, "-n", "--quiet", "rules", configfile="config/full-archive.yaml")
+    overlay = yaml.safe_load((repo / "config" / "full-archive.yaml").read_text())
+    overlay["data"]["path"] = str(SHARED_ARCHIVE)  # the overlay with the user's copy of the archive
+    r = snakemake(repo, "-n", "--quiet", "rules", configfile=str(write_config(tmp_path / "full.yaml", overlay)))
     assert "train_backdoor" in r.stdout + r.stderr
 
 
