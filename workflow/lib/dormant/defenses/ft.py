@@ -16,6 +16,5 @@ class FineTuning(Defense):
     defaults = training.defaults()
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
-        cfg = {k: v for k, v in self.cfg.items() if k in training.DEFAULTS}
-        history = training.train(model, clean, cfg, seed=seed, checkpoint=checkpoint, desc="ft")
+        history = training.train(model, clean, self.cfg, seed=seed, checkpoint=checkpoint, desc="ft")
         return model, {"history": history, "changed": True}
