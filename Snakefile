@@ -5,6 +5,13 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Every config file is re-read strictly before Snakemake's configfile directive parses it (one line, exit 2, on
+# a missing, binary or unparsable file, duplicate keys or YAML templating; docs/operations.md).
+from dormant.configguard import check_workflow_configs
+
+CONFIG_SOURCES = check_workflow_configs(workflow, "params.yaml")
+
+
 configfile: "params.yaml"
 
 

@@ -9,15 +9,20 @@ from dormant.errors import ConfigError
 from dormant.nets.cifar import MODELS
 
 
-def test_shipped_configs_are_valid(repo, params, tiny_params):
+def test_shipped_configs_are_valid(repo, params, tiny_params, tmp_path):
+    import zipfile
+
     config.validate(params)
     config.validate(tiny_params)
     config.load(repo / "config" / "paper.yaml")
+    tiny_zip = tmp_path / "tiny-imagenet-200.zip"
+    zipfile.ZipFile(tiny_zip, "w").close()
     for overlay in ("attacks", "gtsrb", "tiny-imagenet", "grid"):
         merged = {**params, **yaml.safe_load((repo / "config" / f"{overlay}.yaml").read_text())}
         merged["data"] = {**params["data"], **merged["data"]}
-        if merged["data"]["source"] == "path":  # the file is the user's; validation checks that it exists
-            merged["data"]["path"] = str(repo / "data" / "cifar10-demo.tar.gz")
+        if merged["data"]["source"] == "path":  # the file is the user's; validation checks its kind and layout
+            merged["data"]["path"] = str(tiny_zip if merged["data"]["dataset"] == "tiny_imagenet"
+                                         else repo / "data" / "cifar10-demo.tar.gz")
         merged["defenses"] = {**params["defenses"], **merged["defenses"]}
         config.validate(merged)
 

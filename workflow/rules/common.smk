@@ -6,12 +6,13 @@ import sys
 from dormant.attacks import ATTACKS as _ATTACK_TYPES
 from dormant.codedeps import code_files as _code_files
 from dormant.config import validate as _validate
+from dormant.configguard import fail as _fail
 from dormant.errors import ConfigError as _ConfigError
 
 try:
-    _validate(config, "config (params.yaml + --configfile/--config)")
+    _validate(config, f"config ({globals().get('CONFIG_SOURCES', 'params.yaml + --configfile/--config')})")
 except _ConfigError as _e:
-    raise WorkflowError(str(_e))
+    _fail(str(_e))
 
 R = f"results/{config['name']}"
 LOGS = f"logs/{config['name']}"

@@ -2,10 +2,20 @@
 
 Errors name the offending key as a dotted path (``attacks.badnets.ratio``), are raised before any job
 runs, and cross-check the schema's enums against the registries so the two cannot drift apart.
+
+What is checked (docs/operations.md, "What a config can do"): the file is UTF-8 YAML (or JSON) without
+duplicate keys and without YAML templating (``__use_yte__``, refused unless ``DORMANT_ALLOW_YTE=1``);
+every key against the schema, integers being integers (no ``10.0``, no booleans), every number finite,
+sizes and seeds within caps; then cross-field checks: targets below the class count and trigger sizes
+within the image of a known dataset, perturbation budgets within the image (L-inf <= 1, L2 <= the image's
+diameter), every attack and defense object built from its section (their own checks run), files named by
+the config (``data.path``, ``pattern_path``) present.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import yaml
@@ -32,15 +42,120 @@ def _best_errors(err):
         yield err
 
 
+ALLOW_YTE_ENV = "DORMANT_ALLOW_YTE"
+MAX_CONFIG_BYTES = 10_000_000
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys, naming the lines of both."""
+
+
+def _construct_mapping(loader: StrictLoader, node, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node, deep=deep))
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def yte_allowed() -> bool:
+    return os.environ.get(ALLOW_YTE_ENV, "") == "1"
+
+
+def read_file(path, *, allow_yte: bool | None = None) -> dict:
+    """Reads a config file strictly: one-line :class:`ConfigError` naming the file (and the line, where YAML
+    says it) for a missing, unreadable, binary or unparsable file, duplicate keys, a top level that is not a
+    mapping, or YAML templating (``__use_yte__``) without the opt-in. Returns the mapping (not validated)."""
+    p = Path(path)
+    if allow_yte is None:
+        allow_yte = yte_allowed()
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a regular file")
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES} bytes: not a config")
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    if b"\x00" in raw:
+        raise ConfigError(f"config file {p} is binary (NUL bytes), not YAML or JSON text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); a config is YAML or JSON") \
+            from None
+    try:
+        cfg = yaml.load(text, Loader=StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        what = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(cfg).__name__}")
+    if "__use_yte__" in cfg:
+        if not allow_yte:
+            raise ConfigError(f"{p}: __use_yte__: YAML templating runs code from the config and is refused; set "
+                              f"{ALLOW_YTE_ENV}=1 to opt in (only for configs you wrote)")
+    return cfg
+
+
+_INT_TYPES = None
+
+
+def _validator_class():
+    """Draft 7 whose ``integer`` is a Python int only (``10.0`` and booleans are not integers)."""
+    global _INT_TYPES
+    if _INT_TYPES is None:
+        import jsonschema
+
+        checker = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+            "integer", lambda _c, x: isinstance(x, int) and not isinstance(x, bool))
+        _INT_TYPES = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=checker)
+    return _INT_TYPES
+
+
+def _non_finite(obj, path=()) -> list[str]:
+    """Dotted keys of every NaN or infinite number (YAML's .nan/.inf); the schema's bounds cannot see them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{_key(path)}: {obj} is not a finite number"]
+    if isinstance(obj, dict):
+        return [m for k, v in obj.items() for m in _non_finite(v, (*path, k))]
+    if isinstance(obj, list):
+        return [m for i, v in enumerate(obj) for m in _non_finite(v, (*path, i))]
+    return []
+
+
 def validate(cfg, source: str = "params.yaml") -> dict:
     """Returns ``cfg`` if it is valid; raises :class:`ConfigError` naming every offending key otherwise."""
-    import jsonschema
-
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(cfg).__name__}")
-    validator = jsonschema.Draft7Validator(load_schema())
-    msgs = []
-    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+    if "__use_yte__" in cfg and not yte_allowed():
+        raise ConfigError(f"{source}: __use_yte__: YAML templating is refused (set {ALLOW_YTE_ENV}=1 to opt in)")
+    cfg_checked = {k: v for k, v in cfg.items() if k != "__use_yte__"}
+    msgs = _non_finite(cfg_checked)
+    validator = _validator_class()(load_schema())
+    for err in sorted(validator.iter_errors(cfg_checked), key=lambda e: list(map(str, e.absolute_path))):
         for leaf in _best_errors(err):
             path = list(leaf.absolute_path)
             if leaf.validator == "required":
@@ -48,14 +163,136 @@ def validate(cfg, source: str = "params.yaml") -> dict:
                 msgs.append(f"{_key(path + [missing])}: missing required key")
             elif leaf.validator == "enum":
                 msgs.append(f"{_key(path)}: {leaf.instance!r} is not one of {leaf.validator_value}")
+            elif leaf.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and \
+                    isinstance(leaf.instance, float) and not math.isfinite(leaf.instance):
+                continue  # already said: not finite
             else:
-                msgs.append(f"{_key(path)}: {leaf.message}")
+                msgs.append(f"{_key(path)}: {_short(leaf.message)}")
     msgs = list(dict.fromkeys(msgs))
     if not msgs:
-        msgs = _semantic_checks(cfg)
+        msgs = _semantic_checks(cfg_checked)
     if msgs:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(msgs))
     return cfg
+
+
+def _short(msg: str, limit: int = 200) -> str:
+    """jsonschema quotes the whole offending value (a 300-character name, a huge number): keep it short."""
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+#: (classes, image side) of the datasets whose facts are known before the data is read
+_KNOWN = {"cifar10": (10, 32), "tiny_imagenet": (200, 64)}
+SPLIT_DIRS = ("train", "test")
+
+
+def _layout_root(p: Path) -> Path | None:
+    """The folder holding train/ and test/ (the folder itself or one folder down), else None."""
+    for cand in (p, *sorted(c for c in p.iterdir() if c.is_dir())):
+        if all((cand / s).is_dir() for s in SPLIT_DIRS):
+            return cand
+    return None
+
+
+def dataset_facts(d: dict) -> tuple[int | None, int | None]:
+    """(number of classes, image side) of the configured dataset where they are known without reading images."""
+    ds = d.get("dataset") or "cifar10"
+    if ds == "synthetic":
+        s = d.get("synthetic") or {}
+        return s.get("num_classes", 10), s.get("image_size", 32)
+    if ds == "gtsrb":
+        return 43, d.get("image_size") or 32
+    if ds == "cifar10" and d.get("source") == "path":
+        p = Path(str(d.get("path") or "")).expanduser()
+        root = _layout_root(p) if d.get("path") and p.is_dir() else None
+        classes = len([c for c in (root / "train").iterdir() if c.is_dir()]) if root else None
+        return classes, None  # a folder's images may be of any size
+    return _KNOWN.get(ds, (None, None))
+
+
+def _check_data_path(d: dict) -> list[str]:
+    """data.path exists and has the layout its dataset reads (a quick look, no image is decoded)."""
+    if d["source"] != "path":
+        return []
+    if not d.get("path"):
+        return ["data.path: must be set when data.source is 'path'"]
+    p = Path(d["path"]).expanduser()
+    if not p.exists():
+        return [f"data.path: dataset not found: {d['path']}"]
+    ds = d["dataset"]
+    if ds == "cifar10":
+        if p.is_dir():
+            if _layout_root(p) is None:
+                return [f"data.path: {d['path']} has no train/ and test/ class folders "
+                        "(expected {train,test}/<class>/*.jpg)"]
+        elif not p.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+            return [f"data.path: {d['path']} is neither a folder nor a .tar/.tar.gz/.tgz archive"]
+    elif ds == "tiny_imagenet":
+        if p.is_file() and not p.name.lower().endswith(".zip"):
+            return [f"data.path: {d['path']} is neither the tiny-imagenet-200 folder nor its .zip"]
+    elif ds == "gtsrb" and not p.is_dir():
+        return [f"data.path: {d['path']} must be a folder holding torchvision's gtsrb/ layout"]
+    return []
+
+
+def _budget_checks(cfg: dict, side: int | None) -> list[str]:
+    msgs = []
+    diameter = math.sqrt(3 * side * side) if side else None
+    for sec in ("reactivation", "query", "transfer"):
+        s = cfg[sec]
+        if s["norm"] == "linf" and s["eps"] > 1:
+            msgs.append(f"{sec}.eps: {s['eps']} exceeds 1, the whole [0, 1] pixel range of an L-inf budget")
+        if s["norm"] == "l2" and diameter is not None and s["eps"] > diameter:
+            msgs.append(f"{sec}.eps: {s['eps']} exceeds the L2 diameter {diameter:.4g} of a 3x{side}x{side} image")
+    if diameter is not None:
+        for where, sec in _defense_sections(cfg):
+            for name, entry in sec.items():
+                if entry.get("type") == "ibau" and entry.get("radius", 0) > diameter:
+                    msgs.append(f"{where}.{name}.radius: {entry['radius']} exceeds the L2 diameter {diameter:.4g} "
+                                f"of a 3x{side}x{side} image")
+    return msgs
+
+
+def _defense_sections(cfg: dict):
+    return (("defenses", cfg.get("defenses") or {}), ("transfer.defenses", cfg["transfer"].get("defenses") or {}))
+
+
+def _build_checks(cfg: dict, classes: int | None, side: int | None) -> list[str]:
+    """Builds every attack and defense object from its section so that their own checks run now."""
+    from dormant.attacks import ATTACKS, build_attack
+    from dormant.defenses import build_defense
+
+    msgs = []
+    n_cls = classes or 1 + max([10, *(a["target"] for a in cfg["attacks"].values())])
+    h = side or 32
+    for name, entry in cfg["attacks"].items():
+        key = f"attacks.{name}"
+        if classes is not None and entry["target"] >= classes:
+            msgs.append(f"{key}.target: {entry['target']} is not a class of this dataset (0..{classes - 1})")
+            continue
+        pattern = entry.get("pattern_path")
+        if pattern and not Path(pattern).expanduser().is_file():
+            msgs.append(f"{key}.pattern_path: file not found: {pattern}")
+            continue
+        try:
+            ATTACKS.get(entry["type"])
+            build_attack({**entry, "name": name}, (3, h, h), n_cls)
+        except (ConfigError, KeyError, TypeError, ValueError) as e:
+            msgs.append(_named(key, e))
+    for where, sec in _defense_sections(cfg):
+        for name, entry in sec.items():
+            try:
+                build_defense(entry)
+            except (ConfigError, KeyError, TypeError, ValueError) as e:
+                msgs.append(_named(f"{where}.{name}", e))
+    return msgs
+
+
+def _named(key: str, e: Exception) -> str:
+    """An object's own error under the config key of its entry (unless it already starts with that key)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return msg if msg.startswith(key + ".") or msg.startswith(key + ":") else f"{key}: {msg}"
 
 
 def _semantic_checks(cfg: dict) -> list[str]:
@@ -64,11 +301,7 @@ def _semantic_checks(cfg: dict) -> list[str]:
     if b["headline_fraction"] not in b["fractions"]:
         msgs.append(f"bec.headline_fraction: {b['headline_fraction']} must be one of bec.fractions {b['fractions']}")
     d = cfg["data"]
-    if d["source"] == "path":
-        if not d.get("path"):
-            msgs.append("data.path: must be set when data.source is 'path'")
-        elif not Path(d["path"]).expanduser().exists():
-            msgs.append(f"data.path: dataset not found: {d['path']}")
+    msgs += _check_data_path(d)
     own = cfg["transfer"]["defenses"]
     for name, sur in cfg["transfer"]["surrogates"].items():
         for dname in sur["defenses"]:
@@ -81,16 +314,21 @@ def _semantic_checks(cfg: dict) -> list[str]:
         msgs.append(f"query.checkpoints: {late} exceed query.budget {q['budget']}")
     if (d["dataset"] == "synthetic") != (d["source"] == "synthetic"):
         msgs.append("data.dataset: 'synthetic' goes with data.source 'synthetic' and only with it")
+    if d["dataset"] == "tiny_imagenet" and d["source"] != "path":
+        msgs.append("data.source: Tiny-ImageNet is read from its zip or folder only (source: path)")
+    if d["dataset"] == "gtsrb" and d["source"] not in ("path", "torchvision"):
+        msgs.append(f"data.source: {d['source']!r} is not available for GTSRB (torchvision or path)")
+    if cfg["seed"] + cfg["transfer"]["seed_offset"] >= 2**63:
+        msgs.append("transfer.seed_offset: seed + seed_offset must stay below 2**63")
+    if msgs:
+        return msgs
+    classes, side = dataset_facts(d)
+    msgs += _budget_checks(cfg, side)
+    msgs += _build_checks(cfg, classes, side)
     return msgs
 
 
 def load(path) -> dict:
-    """Reads and validates a params file."""
+    """Reads (strictly, :func:`read_file`) and validates a params file."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        cfg = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from e
-    return validate(cfg, str(p))
+    return validate(read_file(p), str(p))

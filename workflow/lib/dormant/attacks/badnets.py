@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from dormant.attacks import ATTACKS
-from dormant.attacks.base import Attack, scaled
+from dormant.attacks.base import Attack, patch_side
 
 
 @ATTACKS.register("badnets")
@@ -20,8 +20,7 @@ class BadNets(Attack):
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        _, h, w = self.image_shape
-        self.side = scaled(int(self.params["patch_size"]), min(h, w))
+        self.side = patch_side(self)
         self.value = float(self.params["value"])
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:

@@ -157,6 +157,16 @@ def scaled(pixels_at_32: int, size: int) -> int:
     return max(1, int(round(pixels_at_32 * size / 32)))
 
 
+def patch_side(attack: Attack, key: str = "patch_size") -> int:
+    """The side in pixels of a square trigger given at 32x32, checked to leave part of the image untouched."""
+    _, h, w = attack.image_shape
+    side = scaled(int(attack.params[key]), min(h, w))
+    if side >= min(h, w):
+        raise ConfigError(f"attacks.{attack.cfg.get('name', attack.cfg.get('type'))}.{key}: {attack.params[key]} "
+                          f"(at 32x32) covers the whole {h}x{w} image; it must be smaller than the image")
+    return side
+
+
 class AttackLearner:
     """An attack that learns while the victim trains, seen by the training loop as a co-trained component:
     it adds its own loss term, takes its own optimiser step after each step of the model, and saves and

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dormant.attacks import ATTACKS
-from dormant.attacks.base import Attack, scaled
+from dormant.attacks.base import Attack, patch_side
 from dormant.data.augment import to_float
 
 
@@ -55,8 +55,7 @@ class TrojanNN(Attack):
 
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
-        _, h, w = self.image_shape
-        self.side = scaled(int(self.params["patch_size"]), min(h, w))
+        self.side = patch_side(self)
 
     def build_resources(self, train, generator, *, clean_model=None, device="cpu"):
         model = clean_model.to(device).eval().requires_grad_(False)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from dormant.attacks import ATTACKS
 from dormant.attacks.base import Attack
+from dormant.errors import ConfigError
 
 
 def identity_grid(h: int, w: int) -> torch.Tensor:
@@ -56,6 +57,9 @@ class WaNet(Attack):
     def __init__(self, cfg, image_shape, num_classes):
         super().__init__(cfg, image_shape, num_classes)
         self.k = int(self.params["k"])
+        if not 2 <= self.k <= min(self.image_shape[1:]):
+            raise ConfigError(f"attacks.{cfg.get('name', cfg['type'])}.k: {self.k} must be within 2 and the image "
+                              f"side {min(self.image_shape[1:])}")
         self.strength = float(self.params["strength"])
         self.cross_ratio = float(self.params["cross_ratio"])
         self.grid_seed = int(self.params["grid_seed"])
