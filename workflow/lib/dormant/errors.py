@@ -15,3 +15,7 @@ class DataError(DormantError):
 
 class CheckpointError(DormantError):
     """A checkpoint or artifact is missing, corrupt or does not fit; the message names the file."""
+
+
+class NonFiniteError(DormantError):
+    """Training or a defense produced NaN or infinite losses or weights; nothing was written."""

@@ -1,8 +1,14 @@
 """Artifact I/O: atomic writes, safetensors checkpoints, JSON sidecars with config, seed and code version.
 
-Checkpoints are safetensors only, so no pickle from an untrusted file is ever loaded.
-Every write goes to a temporary file in the same folder and is renamed into place, so a
-killed job never leaves a half-written artifact behind.
+Checkpoints are safetensors only, so no pickle from an untrusted file is ever loaded, and every reader
+treats its file as untrusted: structure, keys, types, dtypes, shapes and ranges are checked before use and
+a bad file raises :class:`CheckpointError` naming the file and the field.
+
+Every write goes to a temporary file ``.<name>.<host>.<pid>.<random>.tmp`` in the same folder, is flushed
+and fsynced, gets the mode of a plain file under the user's umask (0644 by default; ``mkstemp`` alone would
+leave 0600), and is renamed into place, then the folder is fsynced: a killed job never leaves a half-written
+artifact behind. Temporary files of writers that died (same host, process gone) are removed by the next
+write into that folder; git and DVC ignore them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -23,18 +31,72 @@ import torch
 from dormant.errors import CheckpointError
 
 LIB_DIR = Path(__file__).resolve().parent
+TMP_SUFFIX = ".tmp"
+_HOST = socket.gethostname().replace(".", "_")[:32] or "host"
+
+
+def file_mode() -> int:
+    """Mode of a new file under the current umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: Path) -> list[Path]:
+    """Removes temporary files that writers on this host left when killed (their process is gone)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for f in Path(folder).iterdir():
+            name = f.name
+            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                continue
+            parts = name[: -len(TMP_SUFFIX)].rsplit(".", 3)
+            if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+                continue  # another host's writer, or not ours: leave it
+            if int(parts[2]) != os.getpid() and not _pid_alive(int(parts[2])):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed.append(f)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yields a temporary path next to ``path``; renames it onto ``path`` only if the block succeeds."""
+    """Yields a temporary path next to ``path``; renames it onto ``path`` only if the block succeeds.
+
+    The data is fsynced before the rename and the folder after it; the file gets the umask's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_tmp(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as f:  # a writer that replaced the file (safetensors) left it with its own mode
+            os.fchmod(f.fileno(), file_mode())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -60,39 +122,130 @@ def write_json(path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
-def read_json(path) -> Any:
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def read_json(path, *, expect: type | None = None, keys: tuple[str, ...] = (), finite: bool = False) -> Any:
+    """A JSON artifact, checked: UTF-8, valid JSON, of type ``expect`` (e.g. dict) with the top-level ``keys``;
+    ``finite``: NaN and Infinity are refused (sidecars). Any problem is a :class:`CheckpointError` naming it."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise CheckpointError(f"missing file: {p}")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"corrupt JSON file {p}: {e}") from e
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); a corrupt JSON file") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant) if finite else json.loads(text)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"corrupt JSON file {p}: {e}") from None
+    if keys and expect is None:
+        expect = dict
+    if expect is not None and not isinstance(obj, expect):
+        raise CheckpointError(f"{p}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                              f"got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise CheckpointError(f"{p}: missing field(s) {', '.join(missing)}")
+    return obj
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
-    """safetensors file with a JSON metadata blob under the key ``dormant``."""
+def read_sidecar(path, keys: tuple[str, ...] = ()) -> dict:
+    """An artifact's JSON sidecar: an object of finite values with the given fields."""
+    return read_json(path, expect=dict, keys=keys, finite=True)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> str:
+    """safetensors file with a JSON metadata blob under the key ``dormant``; returns the file's sha256."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"dormant": json.dumps(metadata or {}, sort_keys=True, default=_jsonable)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        digest = file_sha256(tmp)
+    return digest
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_of(raw_meta: dict | None, p: Path) -> dict:
+    try:
+        meta = json.loads((raw_meta or {}).get("dormant", "{}"), parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: metadata 'dormant' is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{p}: metadata 'dormant' must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def load_tensors(path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """All tensors and the ``dormant`` metadata (a JSON object of finite values) of a safetensors file."""
     from safetensors import safe_open
 
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise CheckpointError(f"missing checkpoint: {p}")
     try:
         with safe_open(str(p), framework="pt", device=str(device)) as f:
+            raw_meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-            meta = json.loads((f.metadata() or {}).get("dormant", "{}"))
     except Exception as e:  # safetensors raises several types on truncation/garbage
         raise CheckpointError(f"corrupt or unreadable checkpoint {p}: {e}") from e
-    return tensors, meta
+    return tensors, _meta_of(raw_meta, p)
+
+
+def load_tensor_bytes(raw: bytes, path) -> tuple[dict[str, torch.Tensor], dict]:
+    """As :func:`load_tensors` from the bytes of a file already read (one read: digest and content agree)."""
+    from safetensors.torch import load as st_load
+
+    p = Path(path)
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        raw_meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__")
+    except Exception as e:
+        raise CheckpointError(f"corrupt or unreadable checkpoint {p}: {e}") from e
+    return tensors, _meta_of(raw_meta, p)
+
+
+def meta_field(meta: dict, key: str, path, kind: type | tuple[type, ...], *, lo=None, hi=None,
+               what: str = "metadata"):
+    """``meta[key]``, checked to be of ``kind`` (booleans are not numbers) and within [lo, hi]."""
+    if key not in meta:
+        raise CheckpointError(f"{path}: {what} field {key!r} is missing")
+    v = meta[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+        raise CheckpointError(f"{path}: {what} field {key!r} must be {' or '.join(k.__name__ for k in kinds)}, "
+                              f"got {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise CheckpointError(f"{path}: {what} field {key!r} is not finite")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise CheckpointError(f"{path}: {what} field {key!r} = {v} is outside [{lo}, {hi}]")
+    return v
+
+
+def check_tensor(t: torch.Tensor, name: str, path, *, dtypes=None, ndim: int | None = None,
+                 finite: bool = False) -> torch.Tensor:
+    """A tensor read from ``path``, checked for dtype, rank and (floating point) finiteness."""
+    if dtypes is not None and t.dtype not in dtypes:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected "
+                              f"{' or '.join(str(d) for d in dtypes)}")
+    if ndim is not None and t.dim() != ndim:
+        raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {ndim} dimensions")
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    return t
 
 
 @functools.lru_cache(maxsize=1)

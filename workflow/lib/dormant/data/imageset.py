@@ -56,13 +56,64 @@ def save_dataset(sets: dict[str, ImageSet], path: str | os.PathLike, metadata: d
 
 
 
+MAX_CLASSES = 100_000
+SPLITS = ("train", "test")
+
+
+def check_sets(sets: dict[str, ImageSet], source, *, allow_empty: bool = False) -> dict[str, ImageSet]:
+    """A usable dataset: at least two classes, labels within them, every class with images in both splits, one
+    image shape. Raises :class:`DataError` naming ``source`` otherwise. ``allow_empty``: a dataset whose label
+    space is fixed by its definition (GTSRB's 43 classes) may leave classes without images."""
+    from dormant.errors import DataError
+
+    classes = sets["train"].classes
+    if len(classes) < 2:
+        raise DataError(f"{source}: {len(classes)} class(es) {classes[:3]}; a classification dataset needs at least 2")
+    shapes = {s.image_shape for s in sets.values()}
+    if len(shapes) != 1:
+        raise DataError(f"{source}: train and test images differ in shape: {sorted(shapes)}")
+    for split, s in sets.items():
+        if s.classes != classes:
+            raise DataError(f"{source}: the {split} split has other classes than the train split")
+        if len(s) == 0:
+            raise DataError(f"{source}: the {split} split has no images")
+        lo, hi = int(s.y.min()), int(s.y.max())
+        if lo < 0 or hi >= len(classes):
+            raise DataError(f"{source}: {split} labels range {lo}..{hi}, outside the {len(classes)} classes")
+        counts = torch.bincount(s.y.cpu(), minlength=len(classes))
+        empty = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty and not allow_empty:
+            raise DataError(f"{source}: class(es) {', '.join(map(str, empty[:5]))} have no {split} images")
+    return sets
+
+
 def load_dataset(path: str | os.PathLike, device="cpu") -> dict[str, ImageSet]:
-    from dormant.io import load_tensors
+    """The dataset artifact of ``prepare_data``, every field checked (the file is untrusted)."""
+    from dormant.errors import CheckpointError, DataError
+    from dormant.io import check_tensor, load_tensors, meta_field
 
     tensors, meta = load_tensors(path)
-    classes = meta["classes"]
-    return {s: ImageSet(tensors[f"{s}_x"], tensors[f"{s}_y"], classes).to(device) for s in ("train", "test")}
-
+    classes = meta_field(meta, "classes", path, list)
+    if not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes) \
+            or len(classes) > MAX_CLASSES:
+        raise CheckpointError(f"{path}: metadata field 'classes' must be distinct class names (at most {MAX_CLASSES})")
+    want = {f"{s}_{k}" for s in SPLITS for k in ("x", "y")}
+    if set(tensors) != want:
+        raise CheckpointError(f"{path}: tensors {sorted(tensors)} are not the dataset's {sorted(want)}")
+    sets = {}
+    for s in SPLITS:
+        x = check_tensor(tensors[f"{s}_x"], f"{s}_x", path, dtypes=(torch.uint8,), ndim=4)
+        y = check_tensor(tensors[f"{s}_y"], f"{s}_y", path, dtypes=(torch.int64,), ndim=1)
+        if len(x) != len(y):
+            raise CheckpointError(f"{path}: {s}_x holds {len(x)} images but {s}_y {len(y)} labels")
+        if x.shape[1] not in (1, 3):
+            raise CheckpointError(f"{path}: {s}_x has {x.shape[1]} channels (1 or 3 expected)")
+        sets[s] = ImageSet(x, y, classes)
+    try:
+        check_sets(sets, path, allow_empty=meta.get("allow_empty_classes") is True)
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
+    return {s: v.to(device) for s, v in sets.items()}
 
 
 def encode_image(img: torch.Tensor, fmt: str = "jpg", quality: int = 75) -> bytes:

@@ -67,8 +67,20 @@ def _split_of(relpath: str) -> tuple[str, str] | None:
 
 
 
-def _collect(entries, source: str, per_class: dict[str, int | None]) -> dict[str, ImageSet]:
-    """entries: iterable of (relpath, read_fn). Builds train/test ImageSets from the class-folder layout."""
+def _declared(relpaths) -> dict[str, set[str]]:
+    """Class folders present in the layout (also empty ones): split -> class names."""
+    out: dict[str, set[str]] = {"train": set(), "test": set()}
+    for rel in relpaths:
+        sc = _split_of(f"{rel.rstrip('/')}/x")
+        if sc is not None:
+            out[sc[0]].add(sc[1])
+    return out
+
+
+def _collect(entries, source: str, per_class: dict[str, int | None],
+             declared: dict[str, set[str]] | None = None) -> dict[str, ImageSet]:
+    """entries: iterable of (relpath, read_fn). Builds train/test ImageSets from the class-folder layout;
+    ``declared``: class folders seen (a class folder without images is an error, not a dropped class)."""
     files: dict[str, dict[str, list]] = {"train": {}, "test": {}}
     for rel, read in entries:
         if not rel.lower().endswith(IMAGE_SUFFIXES):
@@ -82,6 +94,10 @@ def _collect(entries, source: str, per_class: dict[str, int | None]) -> dict[str
         if not files[split]:
             raise DataError(f"{source}: no images found under '{split}/<class>/' "
                             "(expected the {train,test}/<class>/*.jpg layout)")
+    for split, names in (declared or {}).items():
+        empty = sorted(names - set(files[split]))
+        if empty:
+            raise DataError(f"{source}: class folder(s) {', '.join(f'{split}/{c}' for c in empty[:5])} hold no images")
     classes = sorted(files["train"])
     if sorted(files["test"]) != classes:
         raise DataError(f"{source}: train and test class folders differ: {classes} vs {sorted(files['test'])}")
@@ -115,15 +131,19 @@ def load_folder_or_archive(path: str | os.PathLike, train_per_class=None,
     if not p.exists():
         raise DataError(f"dataset not found: {p}")
     if p.is_dir():
-        entries = ((str(f.relative_to(p)), f.read_bytes) for f in sorted(p.rglob("*")) if f.is_file())
-        return _collect(entries, str(p), per_class)
+        found = sorted(p.rglob("*"))
+        entries = ((str(f.relative_to(p)), f.read_bytes) for f in found if f.is_file())
+        declared = _declared(str(f.relative_to(p)) for f in found if f.is_dir())
+        return _collect(entries, str(p), per_class, declared)
     try:
         with tarfile.open(p, "r:*") as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
+            all_members = tar.getmembers()
+            members = [m for m in all_members if m.isfile()]
             blobs = {m.name: tar.extractfile(m).read() for m in members if m.name.lower().endswith(IMAGE_SUFFIXES)}
+            declared = _declared(m.name for m in all_members if m.isdir())
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"dataset archive {p} is unreadable or corrupt: {e}") from e
-    return _collect(((k, (lambda b=b: b)) for k, b in blobs.items()), str(p), per_class)
+    return _collect(((k, (lambda b=b: b)) for k, b in blobs.items()), str(p), per_class, declared)
 
 
 
@@ -190,7 +210,21 @@ def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
 
 
 def load_source(cfg: dict) -> dict[str, ImageSet]:
-    """Dispatch on ``cfg['dataset']`` (default cifar10) and ``cfg['source']`` (the ``data`` section of params.yaml)."""
+    """Dispatch on ``cfg['dataset']`` (default cifar10) and ``cfg['source']`` (the ``data`` section of params.yaml);
+    the result is checked (:func:`dormant.data.imageset.check_sets`: two classes or more, none empty, labels in
+    range)."""
+    from dormant.data.imageset import check_sets
+
+    where = cfg.get("path") if cfg.get("source") == "path" else f"data.source {cfg.get('source')!r}"
+    return check_sets(_load_source(cfg), where, allow_empty=fixed_label_space(cfg))
+
+
+def fixed_label_space(cfg: dict) -> bool:
+    """GTSRB's 43 classes are its definition: a subset may leave some without images."""
+    return (cfg.get("dataset") or "cifar10") == "gtsrb"
+
+
+def _load_source(cfg: dict) -> dict[str, ImageSet]:
     dataset = cfg.get("dataset") or "cifar10"
     if dataset not in ("cifar10", "synthetic"):
         return _load_other_dataset(dataset, cfg)

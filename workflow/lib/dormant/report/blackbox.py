@@ -34,8 +34,8 @@ def summary_table(rows: list[dict], models: list[str]) -> pd.DataFrame:
     """rows: {attack, model, reactivation, query, transfer} (paths of stage JSONs)."""
     recs = []
     for r in rows:
-        wb = read_json(r["reactivation"])["metrics"]
-        q = read_json(r["query"])
+        wb = read_json(r["reactivation"], keys=("metrics",))["metrics"]
+        q = read_json(r["query"], keys=("metrics",))
         rec = {"attack": r["attack"], "model": r["model"], "asr_trigger": wb["asr_trigger"],
                "asr_whitebox": wb["asr_reactivated"], "asr_query": q["metrics"]["reactivated"]["asr"],
                "queries": q["metrics"]["reactivated"]["queries"],
@@ -45,7 +45,7 @@ def summary_table(rows: list[dict], models: list[str]) -> pd.DataFrame:
             hit = queries_to_reach(q["curves"]["reactivated"], REACH * wb["asr_reactivated"] / 100.0)
         if hit is not None:
             rec["queries_to_90"] = hit
-        for surrogate, res in sorted(read_json(r["transfer"])["metrics"].items()):
+        for surrogate, res in sorted(read_json(r["transfer"], keys=("metrics",))["metrics"].items()):
             for variant, asr in sorted(res.items()):
                 rec[f"asr_transfer_{surrogate}_{variant}"] = asr
         recs.append(rec)
@@ -55,7 +55,7 @@ def summary_table(rows: list[dict], models: list[str]) -> pd.DataFrame:
 def query_checkpoints(rows: list[dict], models: list[str]) -> pd.DataFrame:
     recs = []
     for r in rows:
-        m = read_json(r["query"])["metrics"]
+        m = read_json(r["query"], keys=("metrics",))["metrics"]
         for q in m["reactivated"]["asr_at"]:
             recs.append({"attack": r["attack"], "model": r["model"], "queries": int(q),
                          "reactivated": m["reactivated"]["asr_at"][q], "guaa": m["guaa"]["asr_at"][q]})
@@ -68,7 +68,7 @@ def transfer_table(rows: list[dict], surrogates: dict, model_types: dict, models
     is ``seen`` when the attacker used the same defense method (with its own settings, seed and data)."""
     recs = []
     for r in rows:
-        for s, res in sorted(read_json(r["transfer"])["metrics"].items()):
+        for s, res in sorted(read_json(r["transfer"], keys=("metrics",))["metrics"].items()):
             for variant, asr in sorted(res.items()):
                 recs.append({"attack": r["attack"], "model": r["model"], "surrogate": s,
                              "arch": surrogates[s]["arch"], "variant": variant, "asr": asr,
@@ -81,7 +81,7 @@ def evidence_tables(rows: list[dict], models: list[str]) -> tuple[pd.DataFrame, 
     for r in rows:
         if not r.get("evidence"):
             continue
-        m = read_json(r["evidence"])["metrics"]
+        m = read_json(r["evidence"], keys=("metrics",))["metrics"]
         cka.append({"attack": r["attack"], "model": r["model"], **m["cka"]})
         for level, v in m["noise"].items():
             noise.append({"attack": r["attack"], "model": r["model"], "noise": float(level), **v})
@@ -96,7 +96,7 @@ def figure_query(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.0 * len(attacks), 3.6), squeeze=False)
     for ax, a in zip(axes[0], attacks):
         for i, r in enumerate(x for x in rows if x["attack"] == a):
-            curves = read_json(r["query"])["curves"]
+            curves = read_json(r["query"], keys=("curves",))["curves"]
             c = plt.cm.tab10(i % 10)
             for name, style in (("reactivated", "-"), ("guaa", "--")):
                 cur = curves[name]

@@ -40,8 +40,8 @@ def grid_table(rows: list[dict]) -> pd.DataFrame:
     backdoored model)}, in the order the table should have."""
     recs = []
     for r in rows:
-        m = read_json(r["metrics"])["metrics"]
-        info = read_json(r["sidecar"]) if r.get("sidecar") else {}
+        m = read_json(r["metrics"], keys=("metrics",))["metrics"]
+        info = read_json(r["sidecar"], expect=dict) if r.get("sidecar") else {}
         flagged = info.get("flagged")
         recs.append({"attack": r["attack"], "defense": r["defense"], "type": r["type"], "c_acc": m["c_acc"],
                      "asr": m["asr"], "ra": m["ra"], "der": m.get("der", float("nan")),

@@ -32,9 +32,9 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
     """rows: one dict per model with keys attack, model, metrics, bec, reactivation (paths to stage JSONs)."""
     recs = []
     for r in rows:
-        m = read_json(r["metrics"])["metrics"]
-        b = read_json(r["bec"])["metrics"]
-        ra = read_json(r["reactivation"])["metrics"]
+        m = read_json(r["metrics"], keys=("metrics",))["metrics"]
+        b = read_json(r["bec"], keys=("metrics",))["metrics"]
+        ra = read_json(r["reactivation"], keys=("metrics",))["metrics"]
         rec = {
             "attack": r["attack"], "model": r["model"], "c_acc": m["c_acc"], "asr": m["asr"], "ra": m["ra"],
             "der": m["der"], "bec": b["bec"], "bec_5": b.get("bec_5"), "bec_10": b.get("bec_10"),
@@ -42,11 +42,11 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
             "asr_reactivated": ra["asr_reactivated"], "asr_guaa": ra["asr_guaa"],
         }
         if r.get("query"):
-            q = read_json(r["query"])["metrics"]
+            q = read_json(r["query"], keys=("metrics",))["metrics"]
             rec.update(asr_query=q["reactivated"]["asr"], queries=q["reactivated"]["queries"],
                        asr_query_guaa=q["guaa"]["asr"])
         if r.get("transfer"):
-            for surrogate, res in sorted(read_json(r["transfer"])["metrics"].items()):
+            for surrogate, res in sorted(read_json(r["transfer"], keys=("metrics",))["metrics"].items()):
                 rec[f"asr_transfer_{surrogate}"] = res["momentum"]
         recs.append(rec)
     df = pd.DataFrame.from_records(recs)
@@ -80,7 +80,7 @@ HISTORY_COLUMNS = ["epoch", "loss", "train_acc", "lr", "c_acc", "asr", "ra"]
 def write_history(sidecar, csv_path) -> pd.DataFrame:
     """The per-epoch history of one model's sidecar as a CSV with fixed columns (empty cells where a
     value was not measured: test metrics only every ``eval_every`` epochs, none for defenses)."""
-    hist = read_json(sidecar).get("history") or []
+    hist = read_json(sidecar, expect=dict).get("history") or []
     df = pd.DataFrame.from_records(hist, columns=HISTORY_COLUMNS)
     write_csv(df, csv_path)
     return df
@@ -160,7 +160,7 @@ OBSERVATION_COLUMNS = ["attack", "model", "n_images", "adv_success", "adv_to_tar
 
 def observation_table(observations: dict) -> pd.DataFrame:
     """observations: path of an observation JSON -> {"attack", "model"}."""
-    recs = [{**who, **read_json(path)["metrics"]} for path, who in observations.items()]
+    recs = [{**who, **read_json(path, keys=("metrics",))["metrics"]} for path, who in observations.items()]
     return pd.DataFrame.from_records(recs, columns=[*OBSERVATION_COLUMNS, "target", "matrix_percent"])
 
 
@@ -197,7 +197,7 @@ def rounds_table(sidecars: dict) -> pd.DataFrame:
     without rounds contribute nothing."""
     recs = []
     for path, who in sidecars.items():
-        for r in read_json(path).get("rounds") or []:
+        for r in read_json(path, expect=dict).get("rounds") or []:
             recs.append({**who, **r})
     return pd.DataFrame.from_records(recs, columns=ROUND_COLUMNS)
 

@@ -15,11 +15,13 @@ log = logging.getLogger(__name__)
 def prepare_data(params: dict, *, dataset: str) -> None:
     """Reads the dataset source (demo archive, folder, torchvision, synthetic) into one file of uint8 tensors."""
     from dormant.data.imageset import save_dataset
-    from dormant.data.sources import load_source
+    from dormant.data.sources import fixed_label_space, load_source
 
     sets = load_source(params["data"])
     meta = {"source": params["data"]["source"], "n_train": len(sets["train"]), "n_test": len(sets["test"]),
             "image_shape": list(sets["train"].image_shape)}
+    if fixed_label_space(params["data"]):
+        meta["allow_empty_classes"] = True
     save_dataset(sets, dataset, meta)
     write_json(sidecar_of(dataset), sidecar(params, params.get("seed"), meta, classes=sets["train"].classes))
     log.info("dataset: %d train, %d test images of shape %s", meta["n_train"], meta["n_test"], meta["image_shape"])
@@ -61,10 +63,9 @@ def attack_resource(params: dict, *, dataset: str, resource: str, clean: str | N
 @stage(sections=("attack", "name", "seed"), outputs=("trigger",))
 def trigger(params: dict, *, dataset: str, trigger: str, resource: str | None = None) -> None:
     """Makes an attack's trigger and poison index, saved so that later stages rebuild it exactly (section 4)."""
-    from dormant.attacks import build_attack, create_attack, save_attack
+    from dormant.attacks import build_attack, create_attack, load_resources, save_attack
     from dormant.data.imageset import load_dataset
     from dormant.errors import DataError
-    from dormant.io import load_tensors
 
     sets = load_dataset(dataset)
     cfg = params["attack"]
@@ -72,9 +73,7 @@ def trigger(params: dict, *, dataset: str, trigger: str, resource: str | None = 
     if build_attack(cfg, sets["train"].image_shape, sets["train"].num_classes).resource_stage:
         if not resource:
             raise DataError(f"attacks.{params['name']}: type {cfg['type']!r} needs its resource file (--resource)")
-        resources, meta = load_tensors(resource)
-        if meta.get("config") != cfg:
-            raise DataError(f"{resource} was made for another config of attacks.{params['name']}; rerun its stage")
+        resources = load_resources(resource, cfg)
     atk = create_attack(cfg, sets["train"].x, sets["train"].y, sets["train"].num_classes, params["seed"], resources)
     n_p = len(atk.poison_index)
     already_target = int((sets["train"].y[atk.poison_index] == atk.target).sum())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from dormant.io import sidecar, write_json
+from dormant.io import read_json, sidecar, write_json
 from dormant.stages import sidecar_of, stage
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def fit(params: dict, *, dataset: str, model: str, trigger: str | None, trained_
     train_set, test_set = sets["train"], sets["test"]
     torch.manual_seed(params["seed"])
     net = build_model(params["model"]["arch"], train_set.num_classes).to(device)
-    atk = load_attack(trigger, device) if trigger else None
+    atk = load_attack(trigger, device, n_train=len(train_set)) if trigger else None
     mask = atk.poison_mask(len(train_set), device) if atk is not None else None
     history = train(net, train_set, params["train"], seed=params["seed"], attack=atk, poison_mask=mask,
                     checkpoint=checkpoint, eval_fn=lambda m: evaluate(m, test_set, atk),
@@ -72,13 +72,19 @@ def apply_defense(params: dict, *, dataset: str, subset: str, trigger: str, back
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
     from dormant.defenses import build_defense
-    from dormant.io import read_json
-    from dormant.nets.checkpoint import load_model, save_model
+    from dormant.errors import CheckpointError
+    from dormant.nets.checkpoint import read_model, save_model
 
+    # every input (sidecars included) is read and checked before the defense starts
     sets = load_dataset(dataset, device)
-    atk = load_attack(trigger, device)
+    n_train = len(sets["train"])
+    atk = load_attack(trigger, device, n_train=n_train)
+    net, weights_meta, _ = read_model(backdoored, device, require_sidecar=True)  # the weights/sidecar pair checked
+    if weights_meta["num_classes"] != sets["train"].num_classes:
+        raise CheckpointError(f"{backdoored}: a model of {weights_meta['num_classes']} classes, the dataset has "
+                              f"{sets['train'].num_classes}")
     defense = build_defense(params["defense"])
-    net = load_model(backdoored, device)
+    idx = subset_indices(subset, n_train) if defense.data_access == "clean_subset" else None
     audit = None
     if defense.data_access == "poisoned_train":
         data = atk.poisoned_trainset(sets["train"])
@@ -90,16 +96,32 @@ def apply_defense(params: dict, *, dataset: str, subset: str, trigger: str, back
 
         n_data = len(data)
     else:
-        idx = torch.tensor(read_json(subset)["indices"], dtype=torch.long)
-        data = sets["train"].subset(idx)
+        data = sets["train"].subset(torch.tensor(idx, dtype=torch.long))
         n_data = len(idx)
     test = sets["test"]
     net, info = defense.run(net, data, seed=params["seed"], checkpoint=checkpoint,
                             monitor=lambda m: evaluate(m, test, atk), audit=audit)
-    src = read_json(sidecar_of(backdoored))["model"]
-    save_model(net, model, arch=src["arch"], num_classes=src["num_classes"], config=params, seed=params["seed"],
-               n_clean=n_data if defense.data_access == "clean_subset" else 0, data_access=defense.data_access,
-               n_data=n_data, **info)
+    # architecture facts come from the weights file read above, not from a sidecar
+    save_model(net, model, arch=weights_meta["arch"], num_classes=weights_meta["num_classes"], config=params,
+               seed=params["seed"], n_clean=n_data if defense.data_access == "clean_subset" else 0,
+               data_access=defense.data_access, n_data=n_data, **info)
+
+
+def subset_indices(path, n_train: int) -> list[int]:
+    """The clean subset's indices (``clean_subset`` stage), checked: distinct integers of the training set."""
+    from dormant.errors import CheckpointError
+
+    idx = read_json(path, keys=("indices",))["indices"]
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise CheckpointError(f"{path}: field 'indices' must be a list of integers")
+    if not idx:
+        raise CheckpointError(f"{path}: field 'indices' is empty")
+    if min(idx) < 0 or max(idx) >= n_train:
+        raise CheckpointError(f"{path}: field 'indices' holds {min(idx) if min(idx) < 0 else max(idx)}, outside the "
+                              f"training set 0..{n_train - 1}")
+    if len(set(idx)) != len(idx):
+        raise CheckpointError(f"{path}: field 'indices' repeats indices")
+    return idx
 
 
 @stage(sections=("defense", "seed"), outputs=("model",))

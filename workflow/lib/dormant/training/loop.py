@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dormant.data.augment import random_crop_flip, to_float
+from dormant.errors import NonFiniteError
 from dormant.io import code_version, config_hash, tensor_digest
 from dormant.runtime import autocast
 from dormant.training.resume import save_checkpoint, try_resume
@@ -53,6 +54,16 @@ def lr_at(cfg: dict, epoch: int) -> float:
     if cfg["schedule"] == "cosine":
         return 0.5 * cfg["lr"] * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
     return cfg["lr"]
+
+
+def check_finite_epoch(model: torch.nn.Module, loss: float, desc: str, epoch: int) -> None:
+    """Stops training whose loss or weights became NaN or infinite (one host sync per epoch)."""
+    params = [p.detach() for p in model.parameters()]
+    weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    if not math.isfinite(loss) or not weights_ok:
+        what = f"loss {loss}" if not math.isfinite(loss) else "weights"
+        raise NonFiniteError(f"{desc}: {what} became NaN or infinite in epoch {epoch} (diverged: lower the "
+                             "learning rate); no model was written")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -157,6 +168,7 @@ def train(
             tot_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
         rec = {"epoch": epoch + 1, "lr": lr, "loss": tot_loss.item() / n, "train_acc": 100.0 * correct.item() / n}
+        check_finite_epoch(model, rec["loss"], desc, epoch + 1)  # before anything of this epoch is saved
         if eval_fn is not None and (epoch + 1 == cfg["epochs"] or (epoch + 1) % cfg.get("eval_every", 1) == 0):
             rec.update(eval_fn(model))
         history.append(rec)
