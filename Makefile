@@ -9,10 +9,11 @@ PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
 .PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster
 
-$(BIN)/.installed: requirements.lock pyproject.toml
+$(BIN)/.installed: requirements.lock pyproject.toml workflow/lib/dormant/configguard.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m dormant.configguard --install  # Snakemake reads config files strictly (docs/operations.md)
 	touch $@
 
 setup: $(BIN)/.installed
