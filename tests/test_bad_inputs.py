@@ -472,6 +472,35 @@ def test_damaged_dataset_file_is_refused(good, tmp_path, kind):
     assert str(p) in str(e.value) and field in str(e.value), str(e.value)
 
 
+DELTA_CASES = [
+    ("nan", {"delta_a": torch.full((3, 16, 16), math.nan)}, "delta_a"),
+    ("wrong-shape", {"delta_a": torch.zeros(3, 99, 99)}, "shape"),
+    ("integer", {"delta_a": torch.zeros(3, 16, 16, dtype=torch.int64)}, "dtype"),
+    ("unexpected-tensor", {"delta_a": torch.zeros(3, 16, 16), "evil": torch.zeros(1)}, "evil"),
+    ("missing-required", {"delta_a": torch.zeros(3, 16, 16)}, "delta_guaa"),
+]
+
+
+@pytest.mark.parametrize("tensors,field", [c[1:] for c in DELTA_CASES], ids=[c[0] for c in DELTA_CASES])
+def test_damaged_delta_file_is_refused(tmp_path, tensors, field):
+    from dormant.io import load_deltas
+
+    p = _safetensors(tmp_path / "delta.safetensors", tensors, {"budget": 0.05})
+    with pytest.raises(CheckpointError) as e:
+        load_deltas(p, (3, 16, 16), required=("delta_guaa",) if field == "delta_guaa" else ())
+    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+
+
+def test_damaged_resume_checkpoint_is_one_error(good, tmp_path):
+    from dormant.training.resume import try_resume
+
+    p = _safetensors(tmp_path / "ck.safetensors", {"model.x": torch.zeros(1)},
+                     {"epoch": 0, "history": [], "config_hash": "k"})  # no rng, no weights of this model
+    net = good["net"]
+    with pytest.raises(CheckpointError, match="ck.safetensors.*damaged"):
+        try_resume(p, net, torch.optim.SGD(net.parameters(), lr=0.1), torch.Generator(), "k")
+
+
 def _image_folder(root: Path, classes: dict[str, int], empty: tuple[str, ...] = ()) -> Path:
     from dormant.data.imageset import encode_image
 

@@ -248,6 +248,23 @@ def check_tensor(t: torch.Tensor, name: str, path, *, dtypes=None, ndim: int | N
     return t
 
 
+def load_deltas(path, image_shape, device="cpu", required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Universal perturbations (``delta_*`` tensors) of a re-activation stage, checked: floating point, finite,
+    one image's shape (``C x H x W``, optionally with a leading 1), and the ``required`` names present."""
+    tensors, _ = load_tensors(path)
+    shape = tuple(image_shape)
+    for k, v in tensors.items():
+        if not k.startswith("delta_"):
+            raise CheckpointError(f"{path}: unexpected tensor {k!r} (a delta file holds delta_* tensors)")
+        check_tensor(v, k, path, dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), finite=True)
+        if tuple(v.shape) not in (shape, (1, *shape)):
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the images are {shape}")
+    missing = [k for k in required if k not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: tensor(s) {', '.join(missing)} missing")
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """Package version, git commit (if any) and a hash of the library sources (works without git)."""

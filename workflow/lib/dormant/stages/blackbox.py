@@ -84,14 +84,14 @@ def transfer_evaluate(params: dict, *, dataset: str, trigger: str, model: str, d
     """Measures every surrogate set's transferred deltas on one (unseen) target model."""
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
-    from dormant.io import load_tensors
+    from dormant.io import load_deltas
     from dormant.nets.checkpoint import load_model
     from dormant.reactivation.transfer import evaluate_transfer
 
     test = load_dataset(dataset, device)["test"]
     atk, net = load_attack(trigger, device), load_model(model, device)
-    res = {name: evaluate_transfer(net, test, atk, load_tensors(path, device)[0])
-           for name, path in sorted(deltas.items())}
+    loaded = {name: load_deltas(path, test.image_shape, device) for name, path in sorted(deltas.items())}
+    res = {name: evaluate_transfer(net, test, atk, d) for name, d in loaded.items()}
     write_json(result, sidecar(params, params["seed"], res))
 
 
@@ -101,14 +101,14 @@ def evidence(params: dict, *, dataset: str, trigger: str, model: str, backdoored
     """Tests whether re-activation restores the original backdoor: CKA and random-noise analyses of one model."""
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
-    from dormant.io import load_tensors
+    from dormant.io import load_deltas
     from dormant.nets.checkpoint import load_model
     from dormant.reactivation import evidence as ev
 
     test = load_dataset(dataset, device)["test"]
     atk = load_attack(trigger, device)
     net, ref = load_model(model, device), load_model(backdoored, device)
-    deltas = {k: v.to(device) for k, v in load_tensors(delta)[0].items()}
+    deltas = load_deltas(delta, test.image_shape, device, required=("delta_reactivated", "delta_guaa"))
     cfg, seed = params["evidence"], params["seed"]
     res = {"cka": ev.feature_similarity(ref, net, test, atk, deltas, n_images=cfg["n_images"], seed=seed),
            "noise": ev.noise_robustness(ref, net, test, atk, deltas, levels=cfg["noise"], n_images=cfg["n_images"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from dormant.errors import CheckpointError
 from dormant.io import load_tensors, save_tensors
 
 log = logging.getLogger("dormant.training")
@@ -53,10 +54,15 @@ def try_resume(path, model, opt, generator, cfg_key: str, companion=None):
     if meta.get("config_hash") != cfg_key:
         log.warning("ignoring checkpoint %s: it was written for another config", path)
         return 0, []
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    _load_optimizer_tensors(model, opt, tensors)
-    if companion is not None:
-        companion.load_state_tensors(tensors)
-    generator.set_state(tensors["rng"])
-    log.info("resumed from %s after epoch %d", path, meta["epoch"] + 1)
-    return meta["epoch"] + 1, meta["history"]
+    try:
+        epoch, history = int(meta["epoch"]), list(meta["history"])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer_tensors(model, opt, tensors)
+        if companion is not None:
+            companion.load_state_tensors(tensors)
+        generator.set_state(tensors["rng"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"resume checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it "
+                              "to start over") from None
+    log.info("resumed from %s after epoch %d", path, epoch + 1)
+    return epoch + 1, history
