@@ -708,3 +708,21 @@ def test_concurrent_writers_never_give_a_reader_a_mismatched_pair(tmp_path):
             w.kill()
             w.wait()
     assert ok > 0, (ok, detected)
+
+
+def test_leftovers_of_killed_writes_are_ignored_by_git_and_dvc_and_cleaned(tmp_path):
+    import fnmatch
+
+    from dormant.io import _HOST, write_text
+
+    for ignore in (".gitignore", ".dvcignore"):
+        assert ".*.tmp" in (REPO / ignore).read_text().split("\n"), ignore
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".a.json.{_HOST}.{int(dead.stdout)}.abc123.tmp"
+    stale.write_text("partial")
+    other_host = tmp_path / f".a.json.elsewhere.{int(dead.stdout)}.abc123.tmp"
+    other_host.write_text("a writer on another machine")
+    assert fnmatch.fnmatch(stale.name, ".*.tmp")
+    write_text(tmp_path / "b.json", "{}\n")
+    assert not stale.exists() and other_host.exists()  # another host's writer may still be alive
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other_host.name, "b.json"]
