@@ -139,6 +139,10 @@ CONFIG_CASES = [
     ("unknown-section", _set("trainn", {"epochs": 1}), "trainn"),
     ("missing-section", lambda c: c.pop("bec"), "bec"),
     ("arch-unknown", _set("model.arch", "resnet9000"), "model.arch"),
+    ("ssba-width-huge", _set("attacks.ss", {"type": "ssba", "ratio": 0.1, "target": 0, "width": 10**7}),
+     "attacks.ss.width"),
+    ("ssba-bits-huge", _set("attacks.ss", {"type": "ssba", "ratio": 0.1, "target": 0, "n_bits": 10**7}),
+     "attacks.ss.n_bits"),
 ]
 
 
@@ -406,6 +410,10 @@ def _trigger_case(kind):
         "index-repeated": (meta_edit(lambda t, m: t.update(poison_index=torch.tensor([3, 3]))), "poison_index"),
         "image-shape-huge": (meta_edit(lambda t, m: m.update(image_shape=[3, 10**6, 10**6])), "image_shape"),
         "classes-string": (meta_edit(lambda t, m: m.update(num_classes="4")), "num_classes"),
+        "config-width-huge": (meta_edit(lambda t, m: m.update(config={"type": "input_aware", "ratio": 0.1, "target": 0,
+                                                                      "width": 10**7})), "width"),
+        "config-ratio-inf": (meta_edit(lambda t, m: m["config"].update(ratio=math.inf)), "Infinity"),
+        "config-ratio-string": (meta_edit(lambda t, m: m["config"].update(ratio="all")), "ratio"),
         "target-out-of-range": (meta_edit(lambda t, m: m["config"].update(target=9)), "target"),
         "resource-nan": (meta_edit(lambda t, m: t.update({"res.x": torch.full((3,), math.nan)})), "res.x"),
         "unexpected-tensor": (meta_edit(lambda t, m: t.update(evil=torch.zeros(2))), "evil"),
@@ -414,7 +422,8 @@ def _trigger_case(kind):
 
 TRIGGER_CASES = ["no-config", "no-poison-index", "unknown-type", "index-out-of-range", "index-negative",
                  "index-float", "index-repeated", "image-shape-huge", "classes-string", "target-out-of-range",
-                 "resource-nan", "unexpected-tensor"]
+                 "resource-nan", "unexpected-tensor", "config-width-huge", "config-ratio-inf",
+                 "config-ratio-string"]
 
 
 @pytest.mark.parametrize("kind", TRIGGER_CASES)

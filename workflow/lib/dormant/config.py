@@ -21,26 +21,9 @@ from pathlib import Path
 import yaml
 
 from dormant.errors import ConfigError
+from dormant.schema import SCHEMA, best_errors, dotted, load_schema, non_finite, shorten, validator_class
 
-SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
-
-
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
-
-
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
-
-
-def _best_errors(err):
-    """For allOf/if-then/oneOf failures, descend to the most specific sub-errors."""
-    if err.context:
-        for sub in err.context:
-            yield from _best_errors(sub)
-    else:
-        yield err
-
+__all__ = ["SCHEMA", "ConfigError", "load", "load_schema", "read_file", "validate"]
 
 ALLOW_YTE_ENV = "DORMANT_ALLOW_YTE"
 MAX_CONFIG_BYTES = 10_000_000
@@ -120,32 +103,6 @@ def read_file(path, *, allow_yte: bool | None = None) -> dict:
     return cfg
 
 
-_INT_TYPES = None
-
-
-def _validator_class():
-    """Draft 7 whose ``integer`` is a Python int only (``10.0`` and booleans are not integers)."""
-    global _INT_TYPES
-    if _INT_TYPES is None:
-        import jsonschema
-
-        checker = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
-            "integer", lambda _c, x: isinstance(x, int) and not isinstance(x, bool))
-        _INT_TYPES = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=checker)
-    return _INT_TYPES
-
-
-def _non_finite(obj, path=()) -> list[str]:
-    """Dotted keys of every NaN or infinite number (YAML's .nan/.inf); the schema's bounds cannot see them."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return [f"{_key(path)}: {obj} is not a finite number"]
-    if isinstance(obj, dict):
-        return [m for k, v in obj.items() for m in _non_finite(v, (*path, k))]
-    if isinstance(obj, list):
-        return [m for i, v in enumerate(obj) for m in _non_finite(v, (*path, i))]
-    return []
-
-
 def validate(cfg, source: str = "params.yaml") -> dict:
     """Returns ``cfg`` if it is valid; raises :class:`ConfigError` naming every offending key otherwise."""
     if not isinstance(cfg, dict):
@@ -153,33 +110,27 @@ def validate(cfg, source: str = "params.yaml") -> dict:
     if "__use_yte__" in cfg and not yte_allowed():
         raise ConfigError(f"{source}: __use_yte__: YAML templating is refused (set {ALLOW_YTE_ENV}=1 to opt in)")
     cfg_checked = {k: v for k, v in cfg.items() if k != "__use_yte__"}
-    msgs = _non_finite(cfg_checked)
-    validator = _validator_class()(load_schema())
+    msgs = non_finite(cfg_checked)
+    validator = validator_class()(load_schema())
     for err in sorted(validator.iter_errors(cfg_checked), key=lambda e: list(map(str, e.absolute_path))):
-        for leaf in _best_errors(err):
+        for leaf in best_errors(err):
             path = list(leaf.absolute_path)
             if leaf.validator == "required":
                 missing = leaf.message.split("'")[1] if "'" in leaf.message else leaf.message
-                msgs.append(f"{_key(path + [missing])}: missing required key")
+                msgs.append(f"{dotted(path + [missing])}: missing required key")
             elif leaf.validator == "enum":
-                msgs.append(f"{_key(path)}: {leaf.instance!r} is not one of {leaf.validator_value}")
+                msgs.append(f"{dotted(path)}: {leaf.instance!r} is not one of {leaf.validator_value}")
             elif leaf.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and \
                     isinstance(leaf.instance, float) and not math.isfinite(leaf.instance):
                 continue  # already said: not finite
             else:
-                msgs.append(f"{_key(path)}: {_short(leaf.message)}")
+                msgs.append(f"{dotted(path)}: {shorten(leaf.message)}")
     msgs = list(dict.fromkeys(msgs))
     if not msgs:
         msgs = _semantic_checks(cfg_checked)
     if msgs:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(msgs))
     return cfg
-
-
-def _short(msg: str, limit: int = 200) -> str:
-    """jsonschema quotes the whole offending value (a 300-character name, a huge number): keep it short."""
-    msg = " ".join(msg.split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 #: (classes, image side) of the datasets whose facts are known before the data is read

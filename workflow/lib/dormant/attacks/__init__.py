@@ -65,6 +65,11 @@ def _attack_from_meta(meta: dict, path) -> Attack:
         raise CheckpointError(f"{path}: metadata field 'image_shape' = {str(shape)[:64]} is not [C, H, W] with C "
                               f"1 or 3 and sides 1..{MAX_SIDE}")
     n = meta_field(meta, "num_classes", path, int, lo=2, hi=MAX_CLASSES)
+    from dormant.schema import attack_entry_errors
+
+    problems = attack_entry_errors({k: v for k, v in cfg.items() if k != "name"})
+    if problems:  # sizes within the schema's caps before anything is built from them
+        raise CheckpointError(f"{path}: its attack config is invalid: {'; '.join(problems[:3])}")
     try:
         return build_attack(cfg, tuple(shape), n)
     except (ConfigError, KeyError, TypeError, ValueError) as e:
