@@ -228,8 +228,9 @@ def _build_checks(cfg: dict, classes: int | None, side: int | None) -> list[str]
             continue
         try:
             ATTACKS.get(entry["type"])
-            build_attack({**entry, "name": name}, (3, h, h), n_cls)
-        except (ConfigError, KeyError, TypeError, ValueError) as e:
+            _build_on_meta(lambda entry=entry, name=name: build_attack({**entry, "name": name}, (3, h, h), n_cls),
+                           small=h <= 256)
+        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as e:
             msgs.append(_named(key, e))
     for where, sec in _defense_sections(cfg):
         for name, entry in sec.items():
@@ -238,6 +239,20 @@ def _build_checks(cfg: dict, classes: int | None, side: int | None) -> list[str]
             except (ConfigError, KeyError, TypeError, ValueError) as e:
                 msgs.append(_named(f"{where}.{name}", e))
     return msgs
+
+
+def _build_on_meta(build, small: bool):
+    """Builds an object on the meta device (its networks allocate nothing, whatever the image size); an object
+    whose construction needs real tensors is built for real only at a small image size."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, NotImplementedError):
+        if small:
+            return build()
+        return None
 
 
 def _named(key: str, e: Exception) -> str:
