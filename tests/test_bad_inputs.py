@@ -132,6 +132,8 @@ CONFIG_CASES = [
     ("synthetic-with-demo", _set("data.source", "demo"), "data.dataset"),
     ("one-class", _set("data.synthetic.num_classes", 1), "data.synthetic.num_classes"),
     ("image-size-huge", _set("data.synthetic.image_size", 100000), "data.synthetic.image_size"),
+    ("synthetic-too-big", _do(_set("data.synthetic.image_size", 4096), _set("data.train_per_class", 10**6)),
+     "data.synthetic"),
     ("checkpoints-past-budget", _set("query.checkpoints", [10**6]), "query.checkpoints"),
     ("surrogate-unknown-defense", _set("transfer.surrogates.s1", {"arch": "cnn_tiny", "defenses": ["nope"]}),
      "transfer.surrogates.s1.defenses"),

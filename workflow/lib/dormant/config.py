@@ -27,6 +27,7 @@ __all__ = ["SCHEMA", "ConfigError", "load", "load_schema", "read_file", "validat
 
 ALLOW_YTE_ENV = "DORMANT_ALLOW_YTE"
 MAX_CONFIG_BYTES = 10_000_000
+MAX_SYNTHETIC_BYTES = 16 * 2**30  # the synthetic source generates its images in memory
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -284,6 +285,13 @@ def _semantic_checks(cfg: dict) -> list[str]:
         msgs.append("data.source: Tiny-ImageNet is read from its zip or folder only (source: path)")
     if d["dataset"] == "gtsrb" and d["source"] not in ("path", "torchvision"):
         msgs.append(f"data.source: {d['source']!r} is not available for GTSRB (torchvision or path)")
+    if d["dataset"] == "synthetic":
+        s = d.get("synthetic") or {}
+        n = s.get("num_classes", 10) * ((d.get("train_per_class") or 100) + (d.get("test_per_class") or 20))
+        size = n * 3 * s.get("image_size", 32) ** 2
+        if size > MAX_SYNTHETIC_BYTES:
+            msgs.append(f"data.synthetic: {n} images of {s.get('image_size', 32)}px would take {size / 2**30:.0f} GiB "
+                        f"(at most {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB)")
     if cfg["seed"] + cfg["transfer"]["seed_offset"] >= 2**63:
         msgs.append("transfer.seed_offset: seed + seed_offset must stay below 2**63")
     if msgs:

@@ -35,11 +35,21 @@ TMP_SUFFIX = ".tmp"
 _HOST = socket.gethostname().replace(".", "_")[:32] or "host"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``); elsewhere
+    by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)  # briefly the strictest sensible mask, never a permissive one
+    os.umask(mask)
+    return mask
+
+
 def file_mode() -> int:
     """Mode of a new file under the current umask (0o644 under the usual 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~current_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -92,8 +102,8 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # a writer that replaced the file (safetensors) left it with its own mode
-            os.fchmod(f.fileno(), file_mode())
-            f.flush()
+            with contextlib.suppress(OSError):  # a file system without modes
+                os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
