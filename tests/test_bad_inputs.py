@@ -700,6 +700,8 @@ def test_concurrent_writers_never_give_a_reader_a_mismatched_pair(tmp_path):
     writers = [_writer(tmp_path, out, [s], 10**6) for s in (1, 2)]
     for w in writers:
         assert w.stdout.readline().strip() == "ready"
+    while not out.with_suffix(".json").exists():  # a pair exists once a writer finished its first save
+        time.sleep(0.01)
     ok = detected = 0
     deadline = time.time() + 5
     try:
@@ -737,3 +739,77 @@ def test_leftovers_of_killed_writes_are_ignored_by_git_and_dvc_and_cleaned(tmp_p
     write_text(tmp_path / "b.json", "{}\n")
     assert not stale.exists() and other_host.exists()  # another host's writer may still be alive
     assert sorted(p.name for p in tmp_path.iterdir()) == [other_host.name, "b.json"]
+
+
+TINY_TARGET = "results/tiny/models/badnets/ft/model.safetensors"
+
+
+def _tiny_workflow(dest: Path) -> Path:
+    wd = copy_workflow(dest)
+    cfg = copy.deepcopy(TINY)
+    cfg["attacks"] = {"badnets": cfg["attacks"]["badnets"]}
+    cfg["train"]["epochs"] = 2
+    (wd / "t.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return wd
+
+
+def _weights_digests(wd: Path) -> dict:
+    from dormant.io import load_tensors, tensor_digest
+
+    return {str(p.relative_to(wd)): tensor_digest(*load_tensors(p)[0].values())
+            for p in sorted((wd / "results").rglob("model.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real (tiny) run up to a defended model, uninterrupted."""
+    wd = _tiny_workflow(tmp_path_factory.mktemp("tinyrun"))
+    snakemake(wd, "--replace-workflow-config", TINY_TARGET, configfile="t.yaml", timeout=600)
+    return wd
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_shareable_paired_artifacts(tiny_run):
+    """Every artifact readable by the group and others under the umask, every model paired with its sidecar
+    by digest, no temporary file left."""
+    from dormant.io import current_umask, file_sha256
+    from dormant.nets.checkpoint import read_model
+
+    files = [p for p in (tiny_run / "results").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.name.endswith(".tmp")]
+    mode = 0o666 & ~current_umask()
+    assert {p.stat().st_mode & 0o777 for p in files} == {mode}
+    models = [p for p in files if p.name == "model.safetensors"]
+    assert len(models) == 2  # backdoored and defended
+    for m in models:
+        _, meta, car = read_model(m)
+        assert car["weights_sha256"] == file_sha256(m) and car["model"] == meta
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_run_leaves_no_partial_artifact_and_the_rerun_ends_the_same(tiny_run, tmp_path):
+    """The whole Snakemake process group is killed twice at random points; whatever is in results/ then is
+    complete (every tensor file and JSON reads), and the rerun ends with the uninterrupted run's weights."""
+    from dormant.io import load_tensors, read_json
+
+    wd = _tiny_workflow(tmp_path / "wf")
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--rerun-incomplete", "--replace-workflow-config",
+           TINY_TARGET, "--configfile", "t.yaml"]
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, cwd=wd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(2, 8))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for f in (wd / "results").rglob("*"):
+            if f.name.endswith(".safetensors"):
+                load_tensors(f)  # complete, or it raises: a partial artifact fails the test
+            elif f.name.endswith(".json"):
+                read_json(f)
+        subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "--configfile", "t.yaml"], cwd=wd, env=env(),
+                       capture_output=True)
+    snakemake(wd, "--rerun-incomplete", "--replace-workflow-config", TINY_TARGET, configfile="t.yaml", timeout=600)
+    assert _weights_digests(wd) == _weights_digests(tiny_run), f"random seed {seed}"
+    assert not [f for f in (wd / "results").rglob("*.tmp")]
