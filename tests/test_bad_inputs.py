@@ -581,6 +581,19 @@ def test_defend_reads_every_input_first_and_exits_2(good, tmp_path, capsys, kind
     assert time.perf_counter() - t0 < 20
 
 
+@pytest.mark.parametrize("params", ['{"seed": 0, "seed": 1, "data": {}}', "yaml"])
+def test_stage_params_with_duplicate_keys_exit_2(tmp_path, capsys, params):
+    from dormant.cli import main
+
+    if params == "yaml":
+        (tmp_path / "p.yaml").write_text("seed: 0\ndata: {}\nseed: 1\n")
+        params = str(tmp_path / "p.yaml")
+    assert main(["prepare-data", "--params", params, "--dataset", str(tmp_path / "d.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key" in err and "seed" in err, err
+    assert not (tmp_path / "d.safetensors").exists()
+
+
 def test_diverging_training_stops_and_writes_no_model(good, tmp_path, capsys):
     from dormant.cli import main
 

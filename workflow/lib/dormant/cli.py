@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, dup))}")
+    return dict(pairs)
+
+
 def read_params(value: str, stage: Stage) -> dict:
     """``--params`` as a JSON object or a JSON/YAML file; every section the stage reads must be present."""
     text, source = value, "--params"
@@ -74,10 +82,12 @@ def read_params(value: str, stage: Stage) -> dict:
         if source != "--params" and Path(source).suffix in (".yaml", ".yml"):
             import yaml
 
-            params = yaml.safe_load(text)
+            from dormant.config import StrictLoader
+
+            params = yaml.load(text, Loader=StrictLoader)  # noqa: S506 -- a SafeLoader refusing duplicate keys
         else:
-            params = json.loads(text)
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both name the line
+            params = json.loads(text, object_pairs_hook=_unique_keys)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError, duplicate keys: each names the line or key
         raise InputError(f"{source}: not valid {'YAML' if source.endswith(('.yaml', '.yml')) else 'JSON'}: "
                          f"{str(e).splitlines()[0]}") from None
     if not isinstance(params, dict):
