@@ -9,14 +9,18 @@ PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
 .PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster
 
-$(BIN)/.installed: requirements.lock pyproject.toml workflow/lib/dormant/configguard.py
+$(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	$(BIN)/python -m dormant.configguard --install  # Snakemake reads config files strictly (docs/operations.md)
 	touch $@
 
-setup: $(BIN)/.installed
+# Snakemake's own command-line config loader reads every config file strictly first (docs/operations.md)
+$(BIN)/.configguard: $(BIN)/.installed workflow/lib/dormant/configguard.py
+	$(BIN)/python -m dormant.configguard --install
+	touch $@
+
+setup: $(BIN)/.installed $(BIN)/.configguard
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
