@@ -18,7 +18,10 @@ def main() -> None:
     params = json.loads(raw.pop("params"))
     kwargs = {k: json.loads(v) if stage.is_json_arg(k) else v for k, v in raw.items()}
     stage.func(params, **kwargs)
-    loaded = sorted(m for m in sys.modules if m == "dormant" or m.startswith("dormant."))
+    # dormant.configguard is imported by the environment's startup hook (a .pth line) in every interpreter and
+    # acts only inside Snakemake's config loader: it is not something the stage loads.
+    loaded = sorted(m for m in sys.modules
+                    if (m == "dormant" or m.startswith("dormant.")) and m != "dormant.configguard")
     print("LOADED " + json.dumps(loaded))
 
 

@@ -52,12 +52,24 @@ def run(cmd: list, cwd, check: bool = True, timeout: int = 900, **kw) -> subproc
     return r
 
 
+def _is_complete(config: Path, params: Path) -> bool:
+    try:
+        sections = yaml.safe_load(config.read_text())
+        return isinstance(sections, dict) and set(yaml.safe_load(params.read_text())) <= set(sections)
+    except (OSError, yaml.YAMLError):
+        return False
+
+
 def snakemake(cwd, *args, configfile: str | None = "tiny.yaml", check: bool = True, cores: int = 2,
               timeout: int = 900) -> subprocess.CompletedProcess:
-    """Runs Snakemake in ``cwd`` (with ``configfile`` merged over params.yaml unless None). The configfile
-    goes last, since ``--configfile`` would swallow targets that follow it."""
+    """Runs Snakemake in ``cwd`` with ``configfile``, unless None. A complete config (every top-level section
+    of params.yaml, as tests/tiny.yaml and the configs derived from it) replaces params.yaml, so that the
+    default run's entries never leak into a test run; an overlay is merged over params.yaml, as a user's
+    would be. The configfile goes last, since ``--configfile`` would swallow targets that follow it."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), *args]
     if configfile:
+        if _is_complete(Path(cwd) / configfile, Path(cwd) / "params.yaml") and "--replace-workflow-config" not in args:
+            cmd.append("--replace-workflow-config")
         cmd += ["--configfile", configfile]
     return run(cmd, cwd, check=check, timeout=timeout)
 
