@@ -56,7 +56,7 @@ def _is_complete(config: Path, params: Path) -> bool:
     try:
         sections = yaml.safe_load(config.read_text())
         return isinstance(sections, dict) and set(yaml.safe_load(params.read_text())) <= set(sections)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8 or not YAML: not a complete config
         return False
 
 
