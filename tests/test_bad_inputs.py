@@ -342,6 +342,13 @@ def _model_case(kind):
     }[kind]
 
 
+def _assert_refused(error, path, field, load, *args, **kwargs):
+    """``load(path, *args, **kwargs)`` raises ``error`` with a message naming the file and the field."""
+    with pytest.raises(error) as e:
+        load(path, *args, **kwargs)
+    assert str(path) in str(e.value) and field in str(e.value), str(e.value)
+
+
 MODEL_CASES = ["truncated", "garbage", "empty", "arch-unknown", "arch-number", "no-arch", "classes-string",
                "classes-negative", "classes-2**40", "classes-bool", "classes-missing", "classes-mismatch",
                "meta-list", "meta-not-json", "meta-nan", "float64-weights", "nan-weights", "inf-weights",
@@ -355,9 +362,7 @@ def test_damaged_model_file_is_refused_naming_file_and_field(good, tmp_path, kin
     build, field = _model_case(kind)
     p = tmp_path / "model.safetensors"
     build(good, p)
-    with pytest.raises(CheckpointError) as e:
-        load_model(p)
-    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+    _assert_refused(CheckpointError, p, field, load_model)
 
 
 # (id, sidecar bytes (None: from the good sidecar with a change), field named)
@@ -435,9 +440,7 @@ def test_damaged_trigger_file_is_refused(good, tmp_path, kind):
     build, field = _trigger_case(kind)
     p = tmp_path / "trigger.safetensors"
     build(good, good["dir"] / "trigger.safetensors", p)
-    with pytest.raises(CheckpointError) as e:
-        load_attack(p, n_train=len(good["sets"]["train"]))
-    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+    _assert_refused(CheckpointError, p, field, load_attack, n_train=len(good["sets"]["train"]))
 
 
 def _dataset_case(kind):
@@ -478,9 +481,7 @@ def test_damaged_dataset_file_is_refused(good, tmp_path, kind):
     build, field = _dataset_case(kind)
     p = tmp_path / "dataset.safetensors"
     build(good, p)
-    with pytest.raises(DormantError) as e:
-        load_dataset(p)
-    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+    _assert_refused(DormantError, p, field, load_dataset)
 
 
 DELTA_CASES = [
@@ -497,9 +498,8 @@ def test_damaged_delta_file_is_refused(tmp_path, tensors, field):
     from dormant.io import load_deltas
 
     p = _safetensors(tmp_path / "delta.safetensors", tensors, {"budget": 0.05})
-    with pytest.raises(CheckpointError) as e:
-        load_deltas(p, (3, 16, 16), required=("delta_guaa",) if field == "delta_guaa" else ())
-    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+    _assert_refused(CheckpointError, p, field, load_deltas, (3, 16, 16),
+                    required=("delta_guaa",) if field == "delta_guaa" else ())
 
 
 def test_damaged_resume_checkpoint_is_one_error(good, tmp_path):
