@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 CORES  ?= all
+GPU_JOBS ?=            # on a GPU machine: at most this many network jobs at once (make run GPU_JOBS=2)
 BIN    := $(VENV)/bin
 
 PROFILE ?= profiles/slurm
@@ -23,7 +24,7 @@ $(BIN)/.configguard: $(BIN)/.installed workflow/lib/dormant/configguard.py
 setup: $(BIN)/.installed $(BIN)/.configguard
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete $(if $(strip $(GPU_JOBS)),--resources gpu=$(strip $(GPU_JOBS)))
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -59,5 +60,8 @@ cluster: setup         ## params.yaml's pipeline, then record the results in dvc
 	$(BIN)/snakemake --profile $(PROFILE)
 	$(BIN)/dvc commit -f
 
+# The paper preset's plan on the cluster profile: jobs per rule, then SLURM submissions and GPU-hours (busy,
+# held, requested) before and after grouping and right-sized runtimes (dormant plan; docs/operations.md).
 dryrun-paper-cluster: setup
 	$(BIN)/snakemake -n --quiet rules --profile $(PROFILE) $(PAPER)
+	$(BIN)/dormant plan --profile $(PROFILE) --configfile config/paper.yaml --recorded docs/benchmarks/plan-paper-before.json

@@ -68,12 +68,15 @@ def test_tiny_workflow_runs_to_completion_through_the_slurm_executor(cluster, tm
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     jobs = _jobs_of_run(run_id)
     rules = sorted(j["rule"] for j in jobs)
-    assert len(jobs) == 31, rules  # every job but the local target rule `all` went through sbatch
+    # every job went through sbatch but the local rules: the target `all`, prepare_data (it may download, and
+    # compute nodes often have no internet) and the three reports
+    assert len(jobs) == 27, rules
+    assert not {"prepare_data", "report", "report_blackbox", "report_defenses"} & set(rules), rules
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
     for j in jobs:  # GPU requests come from the profile, memory from rule or profile
         assert ("gpu:1" in j["tres"]) == (j["rule"] in GPU_RULES), j
     assert {j["mem"] for j in jobs if j["rule"] == "train_clean"} == {"2000M"}
-    assert {j["mem"] for j in jobs if j["rule"] == "prepare_data"} == {"4000M"}
+    assert {j["mem"] for j in jobs if j["rule"] == "trigger"} == {"1000M"}
 
     res = wd / "results/slurm"
     for rel in ("report/table.csv", "models/badnets/ft/model.safetensors", "analysis/badnets/ft/bec.json"):

@@ -339,24 +339,31 @@ def test_full_archive_overlay_dry_run(repo, tmp_path):
 
 
 def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
-    """The cluster profile (not the rules) puts jobs that run a network on the GPU partition with one GPU;
-    memory and runtime stay the rule's own. Checked on the paper preset's dry run, without a cluster."""
+    """Jobs that run a network go to the GPU partition with one GPU (gpu=1; the grouped analysis jobs as gres
+    gpu:1, which a group job takes once); a model's analysis jobs form one group job; memory and runtime are
+    the rule's (dormant.plan), right-sized. Checked on the paper preset's dry run, without a cluster."""
     r = snakemake(repo, "-n", "--profile", "profiles/slurm", "--replace-workflow-config",
                   configfile="config/paper.yaml")
+    out = r.stdout + r.stderr
     resources = {}
-    for rule, block in job_blocks(r.stdout + r.stderr):
+    for rule, block in job_blocks(out):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if res and rule != "all":
             resources.setdefault(rule, set()).add(res.group(1))
-    network = {"train_clean", "attack_resource", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe",
-               "query", "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise"}
+    grouped = {"metrics", "bec", "reactivate", "observe", "transfer_evaluate", "evidence"}
+    network = grouped | {"train_clean", "attack_resource", "train_backdoor", "defend", "query", "train_surrogate",
+                         "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
                                         "report_blackbox", "report_defenses"}
     for rule, values in resources.items():
         for v in values:
-            assert ("gpu=1" in v) == (rule in network), (rule, v)
+            gpu = "gres=gpu:1" in v and "gpu=0" in v if rule in grouped else "gpu=1" in v
+            assert gpu == (rule in network), (rule, v)
             assert ("slurm_partition=gpu" in v) == (rule in network), (rule, v)
-    assert all("mem_mb=6000" in v and "runtime=720" in v for v in resources["train_backdoor"])
+    runtimes = {int(m) for v in resources["train_backdoor"] for m in re.findall(r"runtime=(\d+)", v)}
+    assert runtimes and max(runtimes) <= 120, runtimes  # 100 epochs on a GPU: not the 720 minutes asked before
+    # one group job per (attack, model): 8 attacks x 14 models
+    assert len(set(re.findall(r"Group job (model_\w+) ", out))) == 112
 
 
 def test_transfer_optimisation_never_reads_a_target_model(workdir):

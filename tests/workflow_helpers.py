@@ -109,6 +109,7 @@ def job_counts(out: str) -> dict:
 
 def job_blocks(output: str) -> list[tuple[str, str]]:
     """(rule, its text: the indented input/output/wildcards/resources lines and, with ``-p``, the shell
-    command) for every job of a dry run's output, whatever separates the jobs (blank lines or timestamps)."""
-    pattern = r"^(?:local)?rule (\w+):\n((?:[ \t]+.*(?:\n|$))*(?:Shell command: .*(?:\n|$))?)"
+    command) for every job of a dry run's output, whatever separates the jobs (blank lines or timestamps); the
+    members of a group job are printed indented under it."""
+    pattern = r"^[ \t]*(?:local)?rule (\w+):\n((?:[ \t]+.*(?:\n|$))*(?:Shell command: .*(?:\n|$))?)"
     return [(m.group(1), m.group(2)) for m in re.finditer(pattern, output, re.M)]

@@ -19,8 +19,9 @@ rule metrics:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=mem_mb("metrics"),
+        runtime=runtime_min("metrics"),
+        gpu=1,
     shell:
         "dormant metrics --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --backdoored {input.backdoored:q} --metrics {output:q} > {log:q} 2>&1"
@@ -43,8 +44,9 @@ rule bec:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=mem_mb("bec"),
+        runtime=runtime_min("bec"),
+        gpu=1,
     shell:
         "dormant bec --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --backdoored {input.backdoored:q} --clean {input.clean:q} --bec {output:q} "
@@ -70,8 +72,9 @@ rule reactivate:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=mem_mb("reactivate"),
+        runtime=runtime_min("reactivate"),
+        gpu=1,
     shell:
         "dormant reactivate --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --model {input.model:q} --result {output.result:q} "
@@ -95,8 +98,9 @@ rule observe:
     wildcard_constraints:
         model="|".join(OBSERVED),
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=mem_mb("observe"),
+        runtime=runtime_min("observe"),
+        gpu=1,
     shell:
         "dormant observe --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --observation {output:q} > {log:q} 2>&1"

@@ -26,8 +26,9 @@ rule query:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=240,
+        mem_mb=mem_mb("query"),
+        runtime=runtime_min("query"),
+        gpu=1,
     shell:
         "dormant query --threads {threads} --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --result {output.result:q} --delta {output.delta:q} > {log:q} 2>&1"
@@ -46,8 +47,8 @@ rule attacker_subset:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("attacker_subset"),
+        runtime=runtime_min("attacker_subset"),
     shell:
         "dormant attacker-subset --params {params.p:q} --dataset {input.data:q} --subset {output.subset:q} "
         "> {log:q} 2>&1"
@@ -73,8 +74,9 @@ rule train_surrogate:
     threads: 1
     priority: 10
     resources:
-        mem_mb=6000,
-        runtime=720,
+        mem_mb=mem_mb("train_surrogate"),
+        runtime=runtime_min("train_surrogate"),
+        gpu=1,
     shell:
         "dormant train-surrogate --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
@@ -101,8 +103,9 @@ rule defend_surrogate:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
-        runtime=720,
+        mem_mb=mem_mb("defend_surrogate"),
+        runtime=runtime_min("defend_surrogate"),
+        gpu=1,
     shell:
         "dormant defend-surrogate --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--subset {input.subset:q} --trigger {input.trigger:q} --backdoored {input.backdoored:q} "
@@ -131,8 +134,9 @@ rule transfer_optimise:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=mem_mb("transfer_optimise"),
+        runtime=runtime_min("transfer_optimise"),
+        gpu=1,
     shell:
         "dormant transfer-optimise --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --surrogates {params.surrogates:q} --result {output.result:q} "
@@ -156,8 +160,9 @@ rule transfer_evaluate:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=mem_mb("transfer_evaluate"),
+        runtime=runtime_min("transfer_evaluate"),
+        gpu=1,
     shell:
         "dormant transfer-evaluate --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --deltas {params.deltas:q} --result {output:q} > {log:q} 2>&1"
@@ -182,8 +187,9 @@ rule evidence:
     wildcard_constraints:
         model="|".join(EVIDENCED),
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=mem_mb("evidence"),
+        runtime=runtime_min("evidence"),
+        gpu=1,
     shell:
         "dormant evidence --params {params.p:q} --dataset {input.data:q} --trigger {input.trigger:q} "
         "--model {input.model:q} --backdoored {input.backdoored:q} --delta {input.delta:q} --result {output:q} "

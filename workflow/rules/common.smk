@@ -8,6 +8,7 @@ from dormant.codedeps import code_files as _code_files
 from dormant.config import validate as _validate
 from dormant.configguard import fail as _fail
 from dormant.errors import ConfigError as _ConfigError
+from dormant import plan as _plan
 
 try:
     _validate(config, f"config ({globals().get('CONFIG_SOURCES', 'params.yaml + --configfile/--config')})")
@@ -38,6 +39,28 @@ wildcard_constraints:
     sdefense="|".join(sorted(config["transfer"]["defenses"])),
     defense="|".join(DEFENSES) if DEFENSES else "(?!x)x",
     model="|".join(MODELS),
+
+
+# ---- resources: what each job asks of a cluster (dormant.plan; docs/operations.md "Right-sized jobs") -----------
+# Host memory from the measured peak of the default run's jobs scaled to this config's dataset; runtime from the
+# cost model's projection of this job's work (3x, plus 10 minutes); both doubled on a retry. Rules that run a
+# network declare gpu=1: a local run on a GPU machine bounds them with `--resources gpu=N` (make run GPU_JOBS=N),
+# a run without that bound (the CPU default) is unaffected.
+def mem_mb(rule):
+    return lambda wildcards, attempt: _plan.mem_mb(rule, config, attempt)
+
+
+def runtime_min(rule):
+    return lambda wildcards, attempt: _plan.runtime_min(rule, dict(wildcards.items()), config, attempt)
+
+
+# Rules that run on the machine running Snakemake, never as a cluster job: prepare_data may download CIFAR-10
+# (compute nodes often have no internet), and the reports only read small JSON/CSV files.
+localrules:
+    prepare_data,
+    report,
+    report_blackbox,
+    report_defenses,
 
 
 def as_json(obj):

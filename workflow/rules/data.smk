@@ -17,8 +17,8 @@ rule prepare_data:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb("prepare_data"),
+        runtime=runtime_min("prepare_data"),
     shell:
         "dormant prepare-data --params {params.p:q} --dataset {output.data:q} > {log:q} 2>&1"
 
@@ -36,8 +36,8 @@ rule clean_subset:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("clean_subset"),
+        runtime=runtime_min("clean_subset"),
     shell:
         "dormant clean-subset --params {params.p:q} --dataset {input.data:q} --subset {output.subset:q} > {log:q} 2>&1"
 
@@ -61,8 +61,9 @@ rule attack_resource:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=mem_mb("attack_resource"),
+        runtime=runtime_min("attack_resource"),
+        gpu=1,
     shell:
         "dormant attack-resource --threads {threads} --params {params.p:q} --dataset {input.data:q} {params.clean} "
         "--resource {output.resource:q} > {log:q} 2>&1"
@@ -84,8 +85,8 @@ rule trigger:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=mem_mb("trigger"),
+        runtime=runtime_min("trigger"),
     shell:
         "dormant trigger --params {params.p:q} --dataset {input.data:q} {params.resource} "
         "--trigger {output.trigger:q} > {log:q} 2>&1"

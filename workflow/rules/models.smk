@@ -24,8 +24,9 @@ rule train_clean:
     threads: 1
     priority: 10
     resources:
-        mem_mb=6000,
-        runtime=720,
+        mem_mb=mem_mb("train_clean"),
+        runtime=runtime_min("train_clean"),
+        gpu=1,
     shell:
         "dormant train-clean --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--model {output.model:q} --checkpoint {params.ckpt:q} > {log:q} 2>&1"
@@ -53,8 +54,9 @@ rule train_backdoor:
     threads: 1
     priority: 10
     resources:
-        mem_mb=6000,
-        runtime=720,
+        mem_mb=mem_mb("train_backdoor"),
+        runtime=runtime_min("train_backdoor"),
+        gpu=1,
     shell:
         "dormant train-backdoor --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --trained-trigger {output.trigger:q} --model {output.model:q} "
@@ -82,8 +84,9 @@ rule defend:
         "../envs/dormant.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
-        runtime=720,
+        mem_mb=mem_mb("defend"),
+        runtime=runtime_min("defend"),
+        gpu=1,
     shell:
         "dormant defend --threads {threads} --params {params.p:q} --dataset {input.data:q} --subset {input.subset:q} "
         "--trigger {input.trigger:q} --backdoored {input.backdoored:q} --model {output.model:q} "

@@ -99,8 +99,8 @@ rule report:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("report"),
+        runtime=runtime_min("report"),
     shell:
         "dormant report --params {params.p:q} --rows {params.rows:q} --dataset {input.data:q} "
         "--triggers {params.triggers:q} --table-csv {output.csv:q} --table-md {output.md:q} --table-json {output.json:q} "
@@ -128,8 +128,8 @@ rule report_blackbox:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("report_blackbox"),
+        runtime=runtime_min("report_blackbox"),
     shell:
         "dormant report-blackbox --params {params.p:q} --rows {params.rows:q} "
         + " ".join(f"--{k.replace('_', '-')} {{output.{k}:q}}" for k in BLACKBOX_FILES)
@@ -152,8 +152,8 @@ rule report_defenses:
     conda:
         "../envs/dormant.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("report_defenses"),
+        runtime=runtime_min("report_defenses"),
     shell:
         "dormant report-defenses --params '{{}}' --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
         "--fig {output.fig:q} > {log:q} 2>&1"

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="stages (one per Snakemake rule)", metavar="STAGE", required=True)
     for stage in stages.values():
         _parser_for(stage, sub)
+    sub.add_parser("plan", help="not a stage: jobs per rule and projected GPU-hours of a config "
+                                "(dormant plan --help; docs/operations.md)", add_help=False)
     return p
 
 
@@ -100,6 +102,10 @@ def read_params(value: str, stage: Stage) -> dict:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:  # the cost model: its own arguments, no stage machinery
+        from dormant import plan
+
+        return plan.main(argv[1:])
     names = load_all()
     for i, a in enumerate(argv):  # the rule's name works as well as the command's
         if not a.startswith("-") and (i == 0 or argv[i - 1] not in ("--device", "--threads")):

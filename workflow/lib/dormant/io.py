@@ -21,14 +21,16 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dormant.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it: `dormant --help` stays torch-free
+    import torch
 
 LIB_DIR = Path(__file__).resolve().parent
 TMP_SUFFIX = ".tmp"
@@ -119,7 +121,8 @@ def write_text(path, text: str) -> None:
 
 
 def _jsonable(obj):
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -248,6 +251,8 @@ def meta_field(meta: dict, key: str, path, kind: type | tuple[type, ...], *, lo=
 def check_tensor(t: torch.Tensor, name: str, path, *, dtypes=None, ndim: int | None = None,
                  finite: bool = False) -> torch.Tensor:
     """A tensor read from ``path``, checked for dtype, rank and (floating point) finiteness."""
+    import torch
+
     if dtypes is not None and t.dtype not in dtypes:
         raise CheckpointError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected "
                               f"{' or '.join(str(d) for d in dtypes)}")
@@ -261,6 +266,8 @@ def check_tensor(t: torch.Tensor, name: str, path, *, dtypes=None, ndim: int | N
 def load_deltas(path, image_shape, device="cpu", required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Universal perturbations (``delta_*`` tensors) of a re-activation stage, checked: floating point, finite,
     one image's shape (``C x H x W``, optionally with a leading 1), and the ``required`` names present."""
+    import torch
+
     tensors, _ = load_tensors(path)
     shape = tuple(image_shape)
     for k, v in tensors.items():
@@ -294,6 +301,8 @@ def code_version() -> dict:
 
 def sidecar(config: dict, seed: int | None, metrics: dict | None = None, **extra) -> dict:
     """The standard sidecar: what made this artifact and what it scored."""
+    import torch
+
     return {
         "config": config,
         "seed": seed,
@@ -307,6 +316,8 @@ def sidecar(config: dict, seed: int | None, metrics: dict | None = None, **extra
 
 def tensor_digest(*tensors: torch.Tensor | None) -> str:
     """sha256 of the tensors' dtypes, shapes and bytes; None entries count as absent."""
+    import torch
+
     h = hashlib.sha256()
     for t in tensors:
         if t is None:
