@@ -6,9 +6,10 @@ GPU_JOBS ?=            # on a GPU machine: at most this many network jobs at onc
 BIN    := $(VENV)/bin
 
 PROFILE ?= profiles/slurm
+ARCHIVE ?= data/cifar10-jpeg.tar.gz
 PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
-.PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster
+.PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster gpu-check
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,3 +66,8 @@ cluster: setup         ## params.yaml's pipeline, then record the results in dvc
 dryrun-paper-cluster: setup
 	$(BIN)/snakemake -n --quiet rules --profile $(PROFILE) $(PAPER)
 	$(BIN)/dormant plan --profile $(PROFILE) --configfile config/paper.yaml --recorded docs/benchmarks/plan-paper-before.json
+
+# The paper path on one GPU in at most 8 minutes (workflow/scripts/gpu_check.py; docs/benchmarks.md): figures in
+# docs/benchmarks/gpu-check.{json,md}. `make gpu-check ARGS=--smoke`: tiny sizes on the CPU (CI).
+gpu-check: setup
+	$(BIN)/python workflow/scripts/gpu_check.py $(if $(filter --smoke,$(ARGS)),,--archive $(ARCHIVE)) $(ARGS)
