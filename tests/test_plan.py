@@ -90,7 +90,7 @@ def test_dry_run_parsing_and_grouped_layout_by_hand():
     start = 10 + 2 + 3 + 1  # job step parse, imports, CUDA, dataset
     before = plan.project(jobs, c, RATES, grouped=False, cadence=False)
     after = plan.project(jobs, c, RATES, grouped=True, cadence=False)
-    assert before["submissions"] == 3 and after["submissions"] == 2  # prepare_data is local
+    assert before["submissions"] == 4 and after["submissions"] == 2  # prepare_data became local, two jobs grouped
     work = {r: b["compute"] + b["checkpoint"] for r, b in busy.items()}
     assert before["held_h"] * 3600 == pytest.approx(3 * start + sum(work.values()))
     # the group: one job step parse, the two members start side by side and share the GPU

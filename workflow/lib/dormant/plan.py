@@ -348,7 +348,7 @@ def project(jobs: list[Job], config: dict, rates: dict | None = None, *, grouped
         if b:
             r["compute_h"] += b["compute"] / 3600
             r["checkpoint_h"] += b["checkpoint"] / 3600
-        if j.local:
+        if j.local and grouped:  # before issue 16 every job, prepare_data and reports included, was submitted
             continue
         gpus = int(j.resources.get("gpu", 0) or 0) or (1 if "gpu" in str(j.resources.get("gres", "")) else 0)
         runtime = int(j.resources.get("runtime", 0) or 0)
@@ -380,7 +380,7 @@ def project(jobs: list[Job], config: dict, rates: dict | None = None, *, grouped
 def render(config_desc: str, jobs: list[Job], before: dict, after: dict, rates: dict,
            recorded: dict | None = None) -> str:
     g = rates["gpu"]
-    lines = [f"plan of {config_desc}: {len(jobs)} jobs",
+    lines = [f"plan of {config_desc}: {len(jobs)} jobs (and the target rule `all`)",
              "",
              "| rule | jobs | GPU compute h | checkpoint h (before -> after) |",
              "|---|---|---|---|"]
@@ -391,8 +391,8 @@ def render(config_desc: str, jobs: list[Job], before: dict, after: dict, rates: 
     lines += ["",
               "| layout | SLURM submissions | GPU-h busy | GPU-h held | GPU-h requested |",
               "|---|---|---|---|---|"]
-    for name, p in (("before: one job per submission, checkpoint every epoch", before),
-                    ("after: grouped analysis jobs, config's checkpoint cadence", after)):
+    for name, p in (("before: one SLURM job per job, checkpoint every epoch", before),
+                    ("after: local rules, grouped analysis jobs, config's checkpoint cadence", after)):
         lines.append(f"| {name} | {p['submissions']} | {p['busy_h']:.1f} | {p['held_h']:.1f} | "
                      f"{p['requested_h']:.1f} |")
     if recorded:
