@@ -201,6 +201,8 @@ def _checkpoint_every(config: dict, rule: str, wc: dict) -> int:
     sec = config.get("train", {})
     if rule == "defend":
         sec = {**sec, **config["defenses"].get(wc.get("defense"), {})}
+    elif rule == "defend_surrogate":
+        sec = {**sec, **config["transfer"]["defenses"].get(wc.get("sdefense"), {})}
     return max(1, int(sec.get("checkpoint_every_epochs", 1) or 1))
 
 
