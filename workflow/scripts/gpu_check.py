@@ -418,6 +418,10 @@ def main(argv=None) -> int:
                                                     "off": {"identical": "True on CPU; may differ on CUDA"}})
 
     signal.alarm(0)
+    if not a.workdir:  # a temporary folder of models and datasets: not kept
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     report.data["finished"] = True
     report.write()
     print(report.out.with_suffix(".md").read_text())
