@@ -64,12 +64,27 @@ def fast_dtype(device) -> torch.dtype | None:
     return None
 
 
+def channels_last(device) -> bool:
+    """Whether models and batches on ``device`` use the channels-last layout: on CUDA (tensor-core convolutions
+    want NHWC), on the CPU only when ``$DORMANT_CHANNELS_LAST`` asks (to test that path; results there match the
+    contiguous layout to rounding, not bit for bit)."""
+    return torch.device(device).type == "cuda" or env_flag("DORMANT_CHANNELS_LAST")
+
+
+def memory_format(device) -> torch.memory_format:
+    """The memory format of 4-d tensors on ``device`` (:func:`channels_last`)."""
+    return torch.channels_last if channels_last(device) else torch.contiguous_format
+
+
+_exact_depth = 0  # how many exact() contexts are open: autocast() inside one stays fp32
+
+
 def autocast(device):
-    """The fast precision on ``device`` (:func:`fast_dtype`) as an autocast context; where that is fp32, a
-    disabled one, so CPU runs stay fp32 and bit-reproducible by default."""
+    """The fast precision on ``device`` (:func:`fast_dtype`) as an autocast context; where that is fp32, and
+    inside :func:`exact`, a disabled one, so CPU runs stay fp32 and bit-reproducible by default."""
     dev = torch.device(device)
     dtype = fast_dtype(dev)
-    if dtype is None:
+    if dtype is None or _exact_depth:
         return torch.autocast(dev.type, enabled=False)
     return torch.autocast(dev.type, dtype=dtype)
 
@@ -86,13 +101,16 @@ def exact(device):
     """fp32 work inside the fast-precision code: autocast off and TF32 off for matmuls and cuDNN, the previous
     settings restored after. For what is reported or decides a selection (metrics, PBE's scores, BEC/CKA
     activations, evidence): a reduced mantissa (bf16: 8 bits, TF32: 10) moves near-ties."""
+    global _exact_depth
     dev = torch.device(device)
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    _exact_depth += 1
     try:
         with torch.autocast(dev.type, enabled=False):
             yield
     finally:
+        _exact_depth -= 1
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
@@ -115,6 +133,22 @@ def configure(deterministic: bool) -> None:
 #: last epoch); params.yaml ``runtime`` sets them through ``$DORMANT_CHECKPOINT_EVERY_EPOCHS``/``_MINUTES``
 CHECKPOINT_EVERY_EPOCHS = 10
 CHECKPOINT_EVERY_MINUTES = 10.0
+
+
+#: params.yaml ``runtime`` key -> the environment variable that carries it into every job
+RUNTIME_ENV = {"deterministic": "DORMANT_DETERMINISTIC", "checkpoint_every_epochs": "DORMANT_CHECKPOINT_EVERY_EPOCHS",
+               "checkpoint_every_minutes": "DORMANT_CHECKPOINT_EVERY_MINUTES"}
+
+
+def runtime_env(section: dict | None) -> dict[str, str]:
+    """The environment variables of params.yaml's ``runtime`` section (absent keys: none, the defaults hold).
+    Snakemake exports them to its jobs; they are not parameters, so changing them reruns nothing."""
+    out = {}
+    for key, value in (section or {}).items():
+        if key not in RUNTIME_ENV:
+            raise ConfigError(f"runtime.{key}: unknown key; known: {', '.join(RUNTIME_ENV)}")
+        out[RUNTIME_ENV[key]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return out
 
 
 def checkpoint_cadence() -> tuple[int, float]:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from dormant.data.augment import apply_crop_flip, draw_crop_flip, random_crop_flip, to_float
 from dormant.errors import NonFiniteError
 from dormant.io import code_version, config_hash, tensor_digest
-from dormant.runtime import autocast, checkpoint_cadence, grad_scaler
+from dormant.runtime import autocast, checkpoint_cadence, grad_scaler, memory_format
 from dormant.training.resume import save_checkpoint, try_resume
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,15 @@ def check_finite_epoch(model: torch.nn.Module, loss: float, desc: str, epoch: in
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+
+def _format_of(model: torch.nn.Module) -> torch.memory_format:
+    """The layout of a model's first 4-d weight (channels-last or contiguous)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not \
+                p.is_contiguous() else torch.contiguous_format
+    return torch.contiguous_format
 
 
 class _EpochPlan:
@@ -172,8 +181,9 @@ def train(
         "code": code_version()["source_sha256"],
     })
     start, history = try_resume(checkpoint, model, opt, g, cfg_key, learner)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    fmt = memory_format(device)
+    given_fmt = _format_of(model)
+    model.to(memory_format=fmt)
     every_epochs, every_minutes = checkpoint_cadence() if checkpoint_every is None else checkpoint_every
     last_saved = time.monotonic()
     scaler = grad_scaler(device)
@@ -215,8 +225,8 @@ def train(
             if batch_transform is not None:
                 x = batch_transform(model, x, y, g)
                 model.train()
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            if fmt is torch.channels_last:
+                x = x.contiguous(memory_format=fmt)
             with autocast(device):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
@@ -263,6 +273,5 @@ def train(
             last_saved = time.monotonic()
     if learner is not None:
         learner.close()
-    if device.type == "cuda":
-        model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=given_fmt)  # as the caller gave it
     return history
