@@ -1,4 +1,4 @@
-"""The training loop draws each epoch's randomness up front (docs/operations.md, "Speed"): the weights it
+"""The training loop draws each epoch's randomness up front (docs/operations.md, "Device selection"): the weights it
 trains on the CPU must stay bit-identical to those of the loop that drew per batch. The digests below were
 recorded with that earlier loop (commit 87e02b7) on the synthetic set, 3 epochs of cnn_tiny, a last batch
 shorter than the others (240 images, batch 32)."""
