@@ -212,3 +212,17 @@ def test_checkpoint_cadence_from_the_environment(monkeypatch):
     monkeypatch.setenv("DORMANT_CHECKPOINT_EVERY_EPOCHS", "0")
     with pytest.raises(ConfigError, match="runtime.checkpoint_every_epochs"):
         runtime.checkpoint_cadence()
+
+
+def test_fp16_path_scales_the_loss_and_trains_with_and_without_sam(synthetic, monkeypatch):
+    """The fp16 fast precision (GPUs before compute capability 8.0), run on the CPU: the loop's loss scaler is on,
+    plain and sharpness-aware (FT-SAM) steps both train, and the weights stay fp32 and finite."""
+    monkeypatch.setattr(runtime, "fast_dtype", lambda device: torch.float16)
+    assert runtime.grad_scaler("cpu").is_enabled()
+    before = _fit(synthetic["train"], cfg={**CFG, "epochs": 0})
+    plain = _fit(synthetic["train"], cfg={**CFG, "epochs": 1})
+    sam, _ = build_defense({"type": "ftsam", "epochs": 1, "batch_size": 16}).run(copy.deepcopy(plain),
+                                                                              synthetic["train"], seed=0)
+    for net in (plain, sam):
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in net.parameters())
+    assert not torch.equal(_conv(before), _conv(plain)) and not torch.equal(_conv(plain), _conv(sam))
