@@ -47,8 +47,10 @@ def test_busy_seconds_scale_with_macs_precision_and_checkpoint_cadence():
     b = plan.busy_seconds("train_clean", {}, c, RATES, cadence=False)
     assert b["compute"] == pytest.approx(1340 / 100)
     assert b["checkpoint"] == pytest.approx(4 * 8 * 1_000_000 / 1e9)  # weights + momentum, 4 bytes each, per epoch
-    every2 = plan.busy_seconds("train_clean", {}, _config(checkpoint_every_epochs=2), RATES)
+    every2 = plan.busy_seconds("train_clean", {}, {**c, "runtime": {"checkpoint_every_epochs": 2}}, RATES)
     assert every2["checkpoint"] == pytest.approx(b["checkpoint"] / 2)
+    every10 = plan.busy_seconds("train_clean", {}, c, RATES)  # runtime's default: every 10 epochs, and the last
+    assert every10["checkpoint"] == pytest.approx(b["checkpoint"] / 4)
     q = plan.busy_seconds("query", {"attack": "x", "model": "ft"}, c, RATES)
     assert q["compute"] == pytest.approx(140 / 100 * 2.0)  # fp32 at half the rate
     c2 = copy.deepcopy(c)

@@ -1,5 +1,5 @@
 """A training job killed with SIGKILL mid-way resumes from its last epoch checkpoint when the workflow is
-rerun, and ends with exactly the weights of an uninterrupted run (CPU, same seed)."""
+rerun, and ends with exactly the weights of an uninterrupted run (pinned to the CPU: ``env()``; same seed)."""
 
 import json
 import os
@@ -25,6 +25,7 @@ def _config(wd):
     cfg["data"]["train_per_class"] = 250
     cfg["data"]["synthetic"]["image_size"] = 32
     cfg["train"].update(epochs=EPOCHS, eval_every=EPOCHS)
+    cfg["runtime"] = {"checkpoint_every_epochs": 1}  # a checkpoint after each epoch, so the kill lands between two
     return write_config(wd / "kill.yaml", cfg), cfg
 
 

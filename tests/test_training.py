@@ -58,7 +58,7 @@ def test_resume_after_interruption_gives_identical_weights(synthetic, tmp_path):
         return {}
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(synthetic["train"], checkpoint=ckpt, eval_fn=crash_after_two)
+        _fit(synthetic["train"], checkpoint=ckpt, eval_fn=crash_after_two, checkpoint_every=(1, 60.0))
     assert ckpt.exists()
     resumed, h = _fit(synthetic["train"], seed=0, checkpoint=ckpt)
     assert [r["epoch"] for r in h] == [1, 2, 3, 4]

@@ -16,8 +16,10 @@ BIN = Path(sys.executable).parent  # snakemake, dvc and dormant of the environme
 
 
 def env() -> dict:
-    """The test environment with this interpreter's bin folder first on PATH (for dvc's and Slurm's jobs)."""
+    """The test environment with this interpreter's bin folder first on PATH (for dvc's and Slurm's jobs), pinned
+    to the CPU: the tests check bit-identical results, which CUDA gives only in deterministic mode."""
     e = dict(os.environ)
+    e["DORMANT_DEVICE"] = "cpu"
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     return e
 

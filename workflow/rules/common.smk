@@ -9,6 +9,7 @@ from dormant.config import validate as _validate
 from dormant.configguard import fail as _fail
 from dormant.errors import ConfigError as _ConfigError
 from dormant import plan as _plan
+from dormant.runtime import runtime_env as _runtime_env
 
 try:
     _validate(config, f"config ({globals().get('CONFIG_SOURCES', 'params.yaml + --configfile/--config')})")
@@ -25,6 +26,9 @@ MODELS = ["clean", "backdoor"] + DEFENSES  # one table row per (attack, model)
 OBSERVED = ["clean", "backdoor"]  # models of PBE's observation stage
 envvars:
     "PATH",
+
+# params.yaml `runtime` (determinism, checkpoint cadence): how jobs run, carried by the environment
+os.environ.update(_runtime_env(config.get("runtime")))
 
 
 # Jobs call the `dormant` command of the environment Snakemake itself runs in (also on SLURM nodes),

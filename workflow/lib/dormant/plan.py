@@ -196,14 +196,11 @@ def job_work(rule: str, wc: dict, config: dict) -> Work:
 
 
 def _checkpoint_every(config: dict, rule: str, wc: dict) -> int:
-    """Epochs between resume checkpoints: the config's ``checkpoint_every_epochs`` (train or defense entry) if it
-    has one, else 1 (every epoch, as before issue 16)."""
-    sec = config.get("train", {})
-    if rule == "defend":
-        sec = {**sec, **config["defenses"].get(wc.get("defense"), {})}
-    elif rule == "defend_surrogate":
-        sec = {**sec, **config["transfer"]["defenses"].get(wc.get("sdefense"), {})}
-    return max(1, int(sec.get("checkpoint_every_epochs", 1) or 1))
+    """Epochs between resume checkpoints: params.yaml ``runtime.checkpoint_every_epochs`` (the training loop writes
+    every N epochs or M minutes, whichever comes first; the minutes bound matters only for epochs longer than
+    it, which the plan ignores). Default 10, as ``dormant.runtime.CHECKPOINT_EVERY_EPOCHS``."""
+    runtime = config.get("runtime") or {}
+    return max(1, int(runtime.get("checkpoint_every_epochs", 10) or 1))
 
 
 def busy_seconds(rule: str, wc: dict, config: dict, rates: dict | None = None, *, cadence: bool = True) -> dict:

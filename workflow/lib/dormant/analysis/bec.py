@@ -23,6 +23,7 @@ from dormant.analysis.cka import cka_from_grams, gram
 from dormant.analysis.metrics import poisoned_test_index
 from dormant.data.augment import to_float
 from dormant.nets.probe import capture
+from dormant.runtime import exact
 
 
 def n_keep(channels: int, fraction: float) -> int:
@@ -39,12 +40,13 @@ def analysis_images(test, attack, n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _activations(model, layers, x_float_batches, device):
-    """Yields {layer: activation} for each batch of [0, 1] images, in float32 even on CUDA:
-    TAC differences and CKA lose their ranking precision in bf16."""
+    """Yields {layer: activation} for each batch of [0, 1] images, in float32 (TF32 off) even on CUDA:
+    TAC differences and CKA lose their ranking precision in bf16 or TF32."""
     model.eval()
     with capture(model, layers) as store:
         for xb in x_float_batches:
-            model(xb.to(device))
+            with exact(device):
+                model(xb.to(device))
             yield dict(store)
 
 

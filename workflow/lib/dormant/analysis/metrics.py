@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from dormant.data.augment import to_float
-from dormant.runtime import autocast
+from dormant.runtime import exact
 
 
 def percent(mask: torch.Tensor) -> float:
@@ -47,7 +47,8 @@ def defense_effectiveness_rate(acc_a: float, asr_a: float, acc_d: float, asr_d: 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x_uint8: torch.Tensor, transform: Callable | None = None,
             batch_size: int = 1000, device=None) -> torch.Tensor:
-    """Top-1 predictions for uint8 images; ``transform`` maps a [0, 1] float batch (e.g. a trigger)."""
+    """Top-1 predictions for uint8 images; ``transform`` maps a [0, 1] float batch (e.g. a trigger). In fp32
+    (:func:`dormant.runtime.exact`): these predictions are the reported C-ACC, ASR and RA."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -56,7 +57,7 @@ def predict(model: torch.nn.Module, x_uint8: torch.Tensor, transform: Callable |
         xb = to_float(x_uint8[i : i + batch_size].to(device))
         if transform is not None:
             xb = transform(xb).clamp(0, 1)
-        with autocast(device):
+        with exact(device):
             preds.append(model(xb).argmax(1))
     model.train(was_training)
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=device)

@@ -4,9 +4,11 @@ An attack has two faces:
 
 * ``apply(x)`` -- the test-time trigger: a batch of [0, 1] float images -> triggered images.
   Every later stage (metrics, defenses, BEC, re-activation) uses only this.
-* ``poison_batch(x, y, is_poison, generator)`` -- what happens to a training batch. Data-poisoning
-  attacks fix a poison index once (``select``) and stamp the trigger on those samples;
-  training-controlled attacks (WaNet, Input-Aware) override it to poison a share of every batch.
+* ``poison_batch(x, y, is_poison, generator)`` -- what happens to a training batch, split into
+  ``draw_batch`` (the batch's randomness and poison positions, drawn on the CPU ahead of the batch) and
+  ``poison_drawn`` (tensor ops on the device). Data-poisoning attacks fix a poison index once (``select``)
+  and stamp the trigger on those samples; training-controlled attacks (WaNet, Input-Aware) override the
+  two to poison a share of every batch.
 
 Its state (trigger pattern, poison index, anything learned) is a flat dict of tensors saved to
 safetensors by the ``trigger`` stage, so later stages rebuild exactly the same attack. Resources that
@@ -118,14 +120,30 @@ class Attack:
         m[self.poison_index.to(m.device)] = True
         return m
 
-    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, generator: torch.Generator):
-        """Training-time poisoning of a float batch: trigger on the marked samples, label -> target (dirty-label)."""
-        if is_poison.any():
-            x = x.clone()
-            x[is_poison] = self.apply(x[is_poison])
-            if not self.clean_label:
-                y = torch.where(is_poison, torch.full_like(y, self.target), y)
+    def draw_batch(self, is_poison: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Everything poisoning one training batch takes from the poison flags and the generator, computed on
+        the CPU before the batch exists (the training loop draws a whole epoch ahead, in batch order, so the
+        generator stream is the one a per-batch draw would use). ``is_poison``: the batch's flags (CPU bool).
+        Data-poisoning attacks draw nothing; they need only the positions of their samples in the batch."""
+        return {"pos": torch.nonzero(is_poison).flatten()}
+
+    def poison_drawn(self, x: torch.Tensor, y: torch.Tensor, drawn: dict[str, torch.Tensor]):
+        """Poisons a float batch with what :meth:`draw_batch` drew (moved to the batch's device): the trigger on
+        the samples at ``pos``, their labels -> target (dirty-label). Integer indexing whose size the host
+        already knows, so no host synchronisation."""
+        pos = drawn["pos"]
+        if len(pos) == 0:
+            return x, y
+        x = x.clone()
+        x[pos] = self.apply(x[pos])
+        if not self.clean_label:
+            y = y.index_fill(0, pos, self.target)
         return x, y
+
+    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, generator: torch.Generator):
+        """Training-time poisoning of a float batch in one call (:meth:`draw_batch`, then :meth:`poison_drawn`)."""
+        drawn = self.draw_batch(is_poison.cpu(), generator)
+        return self.poison_drawn(x, y, {k: v.to(x.device) for k, v in drawn.items()})
 
     @torch.no_grad()
     def poisoned_trainset(self, train, batch_size: int = 1000):
@@ -187,8 +205,12 @@ class AttackLearner:
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
-        self.opt.step()
+    def step(self, scaler=None) -> None:
+        """The attack's optimiser step; through the training loop's loss scaler when it has one (fp16)."""
+        if scaler is not None:
+            scaler.step(self.opt)
+        else:
+            self.opt.step()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"attack.{k}": v for k, v in self.attack.state_dict().items()}

@@ -142,7 +142,11 @@ class InputAware(Attack):
         n_bd = int(n * self.ratio)
         return n_bd, min(n - n_bd, int(n_bd * self.cross_ratio))
 
-    def poison_batch(self, x, y, is_poison, generator):
+    def draw_batch(self, is_poison, generator):
+        """Nothing random per batch: the first rho n samples carry their own trigger, the next ones a neighbour's."""
+        return {}
+
+    def poison_drawn(self, x, y, drawn):
         self._div = None
         n_bd, n_cross = self.batch_counts(len(x))
         if n_bd == 0:

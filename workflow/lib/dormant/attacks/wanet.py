@@ -81,7 +81,15 @@ class WaNet(Attack):
         n_bd = int(n * self.ratio)
         return n_bd, min(n - n_bd, int(n_bd * self.cross_ratio))
 
-    def poison_batch(self, x, y, is_poison, generator):
+    def draw_batch(self, is_poison, generator):
+        """The noise samples' random offsets in [-1, 1) (before scaling by 1/h): WaNet's only per-batch draw."""
+        n_bd, n_cross = self.batch_counts(len(is_poison))
+        _, h, w = self.image_shape
+        if n_cross:
+            return {"jitter": torch.rand(n_cross, h, w, 2, generator=generator) * 2 - 1}
+        return {}
+
+    def poison_drawn(self, x, y, drawn):
         n_bd, n_cross = self.batch_counts(len(x))
         if n_bd == 0 and n_cross == 0:
             return x, y
@@ -91,6 +99,6 @@ class WaNet(Attack):
         x[:n_bd] = warp(x[:n_bd], grid)
         y[:n_bd] = self.target
         if n_cross:
-            jitter = (torch.rand(n_cross, h, w, 2, generator=generator) * 2 - 1).to(grid.device) / h
+            jitter = drawn["jitter"].to(grid.device) / h
             x[n_bd : n_bd + n_cross] = warp(x[n_bd : n_bd + n_cross], (grid + jitter).clamp(-1, 1))
         return x, y

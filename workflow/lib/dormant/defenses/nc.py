@@ -154,13 +154,22 @@ class _ReversedTriggers:
         self.masks, self.patterns = masks, patterns
         self.cfg = {"nc_reversed_triggers": tensor_digest(masks, patterns)}  # part of the resume key
 
-    def poison_batch(self, x, y, is_poison, generator):
-        n = int(is_poison.sum())
-        if n:
-            which = torch.randint(len(self.masks), (n,), generator=generator).to(x.device)
+    def draw_batch(self, is_poison, generator):
+        """Positions of the marked samples and the flagged label whose trigger each gets (CPU, ahead of the batch)."""
+        pos = torch.nonzero(is_poison).flatten()
+        which = torch.randint(len(self.masks), (len(pos),), generator=generator) if len(pos) else pos
+        return {"pos": pos, "which": which}
+
+    def poison_drawn(self, x, y, drawn):
+        pos, which = drawn["pos"], drawn["which"]
+        if len(pos):
             x = x.clone()
-            x[is_poison] = stamp(x[is_poison], self.masks[which], self.patterns[which])
+            x[pos] = stamp(x[pos], self.masks[which], self.patterns[which])
         return x, y
+
+    def poison_batch(self, x, y, is_poison, generator):
+        drawn = self.draw_batch(is_poison.cpu(), generator)
+        return self.poison_drawn(x, y, {k: v.to(x.device) for k, v in drawn.items()})
 
 
 @DEFENSES.register("nc")

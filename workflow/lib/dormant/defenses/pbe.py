@@ -28,7 +28,7 @@ from dormant.defenses import DEFENSES
 from dormant.defenses.aft import ADV_FT_DEFAULTS, adversarial_finetune
 from dormant.defenses.base import Defense
 from dormant.errors import ConfigError
-from dormant.runtime import autocast
+from dormant.runtime import exact
 
 PBE_DEFAULTS = {**ADV_FT_DEFAULTS, "rounds": 4, "init_fraction": 0.05, "keep_fractions": [0.2, 0.5, 0.7]}
 
@@ -39,7 +39,7 @@ def logits_of(model, x_uint8: torch.Tensor, batch_size: int = 1000) -> torch.Ten
     model.eval()
     out = []
     for i in range(0, len(x_uint8), batch_size):
-        with autocast(x_uint8.device):
+        with exact(x_uint8.device):  # fp32: near-tied cosine scores decide the subsets
             out.append(model(to_float(x_uint8[i : i + batch_size])).float())
     model.train(was_training)
     return torch.cat(out)

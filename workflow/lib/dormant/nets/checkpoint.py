@@ -19,6 +19,7 @@ import torch
 from dormant.errors import CheckpointError, NonFiniteError
 from dormant.io import check_tensor, load_tensor_bytes, meta_field, read_sidecar, save_tensors, sidecar, write_json
 from dormant.nets import MODELS, build_model
+from dormant.runtime import memory_format
 
 MAX_CLASSES = 100_000
 PAIR_RETRIES = 20
@@ -82,7 +83,8 @@ def _checked_model(tensors: dict, meta: dict, path) -> torch.nn.Module:
 
 def read_model(path, device="cpu", *, with_sidecar: bool = True,
                require_sidecar: bool = False) -> tuple[torch.nn.Module, dict, dict | None]:
-    """(model, weights metadata, sidecar) of a checkpoint, every part checked. With ``with_sidecar`` and a
+    """(model, weights metadata, sidecar) of a checkpoint, every part checked, on ``device`` in its memory format
+    (channels-last on CUDA: :func:`dormant.runtime.memory_format`). With ``with_sidecar`` and a
     sidecar present, its ``weights_sha256`` must match the weights read (a brief retry covers a concurrent
     writer); sidecars of older runs without the digest are accepted as they are."""
     p = Path(path)
@@ -106,7 +108,7 @@ def read_model(path, device="cpu", *, with_sidecar: bool = True,
         time.sleep(0.05)
     tensors, meta = load_tensor_bytes(raw, p)
     model = _checked_model(tensors, meta, p)
-    return model.to(device).eval(), meta, car
+    return model.to(device, memory_format=memory_format(device)).eval(), meta, car
 
 
 def load_model(path, device="cpu") -> torch.nn.Module:

@@ -42,13 +42,15 @@ def bec(params: dict, *, dataset: str, trigger: str, model: str, backdoored: str
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
     from dormant.nets.checkpoint import load_model
+    from dormant.runtime import exact
 
     test = load_dataset(dataset, device)["test"]
     atk = load_attack(trigger, device)
     cfg = params["bec"]
-    res = compute_bec(load_model(backdoored, device), load_model(clean, device),
-                      {"model": load_model(model, device)}, test, atk, n_images=cfg["n_images"],
-                      fractions=tuple(cfg["fractions"]), seed=params["seed"], device=device)
+    with exact(device):  # activations, Gram matrices and CKA in fp32, TF32 off
+        res = compute_bec(load_model(backdoored, device), load_model(clean, device),
+                          {"model": load_model(model, device)}, test, atk, n_images=cfg["n_images"],
+                          fractions=tuple(cfg["fractions"]), seed=params["seed"], device=device)
     per_q = res["models"]["model"]
     head = per_q[str(cfg["headline_fraction"])]
     summary = {"bec": head["bec"], "S": head["S"], "S_clean": head["S_clean"],

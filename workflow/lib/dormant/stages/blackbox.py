@@ -104,13 +104,15 @@ def evidence(params: dict, *, dataset: str, trigger: str, model: str, backdoored
     from dormant.io import load_deltas
     from dormant.nets.checkpoint import load_model
     from dormant.reactivation import evidence as ev
+    from dormant.runtime import exact
 
     test = load_dataset(dataset, device)["test"]
     atk = load_attack(trigger, device)
     net, ref = load_model(model, device), load_model(backdoored, device)
     deltas = load_deltas(delta, test.image_shape, device, required=("delta_reactivated", "delta_guaa"))
     cfg, seed = params["evidence"], params["seed"]
-    res = {"cka": ev.feature_similarity(ref, net, test, atk, deltas, n_images=cfg["n_images"], seed=seed),
-           "noise": ev.noise_robustness(ref, net, test, atk, deltas, levels=cfg["noise"], n_images=cfg["n_images"],
-                                        seed=seed)}
+    with exact(device):  # reported CKA and accuracies: fp32, TF32 off
+        res = {"cka": ev.feature_similarity(ref, net, test, atk, deltas, n_images=cfg["n_images"], seed=seed),
+               "noise": ev.noise_robustness(ref, net, test, atk, deltas, levels=cfg["noise"],
+                                            n_images=cfg["n_images"], seed=seed)}
     write_json(result, sidecar(params, seed, res))

@@ -4,11 +4,17 @@ One loop serves clean training, backdoor training (a data-poisoning attack stamp
 the poison index; a training-controlled attack rewrites the batch itself) and fine-tuning defenses.
 
 Speed: the dataset stays on the device as uint8; each batch is gathered by index, converted,
-poisoned and augmented as whole-batch tensor ops; bf16 autocast and channels-last on CUDA.
-Reproducibility: all randomness comes from one CPU ``torch.Generator`` seeded from ``seed``, so
-the shuffles and augmentations are identical on every device; on CPU the weights are
-bit-identical between runs. Resume: after every epoch the model, optimiser buffers, generator
-state and history go to a safetensors checkpoint; a rerun with the same config continues from it.
+poisoned and augmented as whole-batch tensor ops; the fast precision (``runtime.autocast``: bf16, or
+fp16 with loss scaling on GPUs without native bf16) and channels-last on CUDA. Each epoch's shuffle,
+poison positions, attack draws, crop offsets and flips are drawn before its first step and copied to
+the device once, so a step makes no host synchronisation (a batch transform that draws from the
+generator, e.g. PGD's random start, keeps the per-batch draws).
+Reproducibility: all randomness comes from one CPU ``torch.Generator`` seeded from ``seed``, drawn in
+the same order whether ahead of the epoch or per batch, so the shuffles and augmentations are
+identical on every device; on CPU the weights are bit-identical between runs. Resume: every N epochs
+or M minutes, whichever comes first, and after the last epoch (``runtime.checkpoint_cadence``), the
+model, optimiser buffers, generator state and history go to a safetensors checkpoint; a rerun with
+the same config continues from it.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dormant.data.augment import random_crop_flip, to_float
+from dormant.data.augment import apply_crop_flip, draw_crop_flip, random_crop_flip, to_float
 from dormant.errors import NonFiniteError
 from dormant.io import code_version, config_hash, tensor_digest
-from dormant.runtime import autocast
+from dormant.runtime import autocast, checkpoint_cadence, grad_scaler, memory_format
 from dormant.training.resume import save_checkpoint, try_resume
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,62 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
+def _format_of(model: torch.nn.Module) -> torch.memory_format:
+    """The layout of a model's first 4-d weight (channels-last or contiguous)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not \
+                p.is_contiguous() else torch.contiguous_format
+    return torch.contiguous_format
+
+
+class _EpochPlan:
+    """One epoch's randomness, drawn on the CPU before its first step and copied to the device once."""
+
+    def __init__(self, perm, poison, crop):
+        self.perm, self.poison, self.crop = perm, poison, crop
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A non-blocking copy to a CUDA device (from pinned memory); the tensor itself on the CPU."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _draw_epoch(perm, bs: int, cfg: dict, g: torch.Generator, attack, mask_cpu, device) -> _EpochPlan:
+    """Draws, batch by batch, exactly what the per-batch loop drew in that order (the attack's draws, then crop
+    rows, crop columns, flips), so the generator stream and every result stay the same; then copies it to the
+    device in a few non-blocking transfers. The steps that follow need no host synchronisation."""
+    n = len(perm)
+    poison, crops = [], []
+    for s in range(math.ceil(n / bs)):
+        idx = perm[s * bs : (s + 1) * bs]
+        if attack is not None:
+            is_p = mask_cpu[idx] if mask_cpu is not None else torch.zeros(len(idx), dtype=torch.bool)
+            poison.append(attack.draw_batch(is_p, g))
+        if cfg["augment"]:
+            crops.append(draw_crop_flip(len(idx), cfg["crop_padding"], g))
+    dev_perm = _to_device(perm, device)
+    # each kind of tensor concatenated over the epoch, copied once, and split back into per-batch views
+    dev_poison = [{} for _ in poison]
+    for key in sorted({k for d in poison for k in d}):
+        parts = [d[key] for d in poison if key in d]
+        flat = _to_device(torch.cat([p.reshape(-1) for p in parts]), device)
+        views = iter(torch.split(flat, [p.numel() for p in parts]))
+        for d, dd in zip(poison, dev_poison):
+            if key in d:
+                dd[key] = next(views).view(d[key].shape)
+    dev_crops = []
+    if crops:
+        parts = [c for c in zip(*crops)]  # (all oy, all ox, all flips), None where off
+        flat = [None if p[0] is None else _to_device(torch.cat(p), device) for p in parts]
+        sizes = [len(c[0] if c[0] is not None else c[2]) for c in crops]
+        split = [[None] * len(crops) if f is None else list(torch.split(f, sizes)) for f in flat]
+        dev_crops = list(zip(*split))
+    return _EpochPlan(dev_perm, dev_poison, dev_crops)
+
+
 def train(
     model: torch.nn.Module,
     data,
@@ -86,6 +149,7 @@ def train(
     after_step: Callable | None = None,
     learn_attack: bool = False,
     desc: str = "train",
+    checkpoint_every: tuple[int, float] | None = None,
 ) -> list[dict]:
     """Trains ``model`` in place on ``data`` (an ImageSet on the model's device); returns per-epoch history.
 
@@ -100,6 +164,8 @@ def train(
     ``learn_attack``: an attack that learns jointly with the victim (``attack.learner()``, e.g. Input-Aware's
     generator) adds its loss term, takes its own optimiser step after every step of the model, and is saved
     with the resume checkpoint; the loop sees only that co-trained component, never the attack's internals.
+    ``checkpoint_every``: (epochs, minutes) between resume checkpoints, whichever comes first, and always after
+    the last epoch; default :func:`dormant.runtime.checkpoint_cadence`.
     """
     cfg = {**DEFAULTS, **cfg}
     device = next(model.parameters()).device
@@ -115,10 +181,19 @@ def train(
         "code": code_version()["source_sha256"],
     })
     start, history = try_resume(checkpoint, model, opt, g, cfg_key, learner)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    fmt = memory_format(device)
+    given_fmt = _format_of(model)
+    model.to(memory_format=fmt)
+    every_epochs, every_minutes = checkpoint_cadence() if checkpoint_every is None else checkpoint_every
+    last_saved = time.monotonic()
+    scaler = grad_scaler(device)
+    # an attack drawing per batch, or a batch transform drawing from ``g``, ties later draws of the epoch to it:
+    # only the former can be drawn ahead (``draw_batch``); with a transform the loop draws batch by batch
+    ahead = batch_transform is None and (attack is None or hasattr(attack, "draw_batch"))
+    mask_cpu = poison_mask.cpu() if (attack is not None and poison_mask is not None) else None
     n = len(data)
-    steps = math.ceil(n / cfg["batch_size"])
+    bs = cfg["batch_size"]
+    steps = math.ceil(n / bs)
     bar = tqdm(range(start, cfg["epochs"]), desc=desc, initial=start, total=cfg["epochs"],
                mininterval=1 if os.isatty(2) else 30, disable=None)
     for epoch in bar:
@@ -127,21 +202,31 @@ def train(
             group["lr"] = lr
         model.train()
         perm = torch.randperm(n, generator=g)
+        plan = _draw_epoch(perm, bs, cfg, g, attack, mask_cpu, device) if ahead else None
         tot_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for s in range(steps):
-            idx = perm[s * cfg["batch_size"] : (s + 1) * cfg["batch_size"]].to(device)
+            if plan is not None:
+                idx = plan.perm[s * bs : (s + 1) * bs]
+            else:
+                idx = perm[s * bs : (s + 1) * bs].to(device)
             x, y = to_float(data.x[idx]), data.y[idx]
-            if attack is not None:
-                is_p = poison_mask[idx] if poison_mask is not None else torch.zeros_like(y, dtype=torch.bool)
-                x, y = attack.poison_batch(x, y, is_p, g)
-            if cfg["augment"]:
-                x = random_crop_flip(x, cfg["crop_padding"], g)
+            if plan is not None:
+                if attack is not None:
+                    x, y = attack.poison_drawn(x, y, plan.poison[s])
+                if cfg["augment"]:
+                    x = apply_crop_flip(x, cfg["crop_padding"], *plan.crop[s])
+            else:
+                if attack is not None:
+                    is_p = poison_mask[idx] if poison_mask is not None else torch.zeros_like(y, dtype=torch.bool)
+                    x, y = attack.poison_batch(x, y, is_p, g)
+                if cfg["augment"]:
+                    x = random_crop_flip(x, cfg["crop_padding"], g)
             if batch_transform is not None:
                 x = batch_transform(model, x, y, g)
                 model.train()
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            if fmt is torch.channels_last:
+                x = x.contiguous(memory_format=fmt)
             with autocast(device):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
@@ -152,17 +237,23 @@ def train(
             opt.zero_grad(set_to_none=True)
             if learner is not None:
                 learner.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
             if sharpness is not None:
+                if scaler.is_enabled():  # the perturbation is taken along the true gradient
+                    inv = 1.0 / scaler.scale(torch.ones((), device=device))
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.grad.mul_(inv)
                 restore = sharpness(model)
                 opt.zero_grad(set_to_none=True)
                 with autocast(device):
                     again = F.cross_entropy(model(x).float(), y, label_smoothing=cfg["label_smoothing"])
-                again.backward()
+                scaler.scale(again).backward()
                 restore()
-            opt.step()
+            scaler.step(opt)
             if learner is not None:
-                learner.step()
+                learner.step(scaler)
+            scaler.update()
             if after_step is not None:
                 after_step(model)
             tot_loss += loss.detach() * len(y)
@@ -175,10 +266,12 @@ def train(
         bar.set_postfix({k: round(v, 3) for k, v in rec.items() if k not in ("epoch", "lr")})
         log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg["epochs"],
                  " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
-        if checkpoint is not None:
+        due = ((epoch + 1) % every_epochs == 0 or epoch + 1 == cfg["epochs"]
+               or time.monotonic() - last_saved >= 60 * every_minutes)
+        if checkpoint is not None and due:
             save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key, learner)
+            last_saved = time.monotonic()
     if learner is not None:
         learner.close()
-    if device.type == "cuda":
-        model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=given_fmt)  # as the caller gave it
     return history

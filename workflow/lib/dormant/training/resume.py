@@ -1,6 +1,7 @@
-"""Resumable training: after every epoch the model, its optimiser's momentum buffers, the data generator's
-state, the history and any co-trained component (an attack that learns with the victim) go to one safetensors
-checkpoint; a rerun with the same config hash continues after the last finished epoch with identical results.
+"""Resumable training: every few epochs or minutes (``runtime.checkpoint_cadence``) and after the last epoch
+the model, its optimiser's momentum buffers, the data generator's state, the history and any co-trained
+component (an attack that learns with the victim) go to one safetensors checkpoint; a rerun with the same
+config hash continues after the last saved epoch with identical results.
 """
 
 from __future__ import annotations
