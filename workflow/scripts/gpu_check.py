@@ -161,8 +161,10 @@ def count_syncs(fn) -> tuple[float, int | None]:
     return time.perf_counter() - t, n
 
 
-def throughput(arch: str, device, batch: int, steps: int, precision: str = "library default") -> dict:
-    """Training (gather, BadNets stamp, crop+flip, forward, backward, SGD) and inference images/s, syncs per step."""
+def throughput(arch: str, device, batch: int, steps: int, precision: str = "auto") -> dict:
+    """Training (gather, BadNets stamp, crop+flip, forward, backward, SGD) and inference images/s, syncs per step,
+    in ``precision`` (``$DORMANT_PRECISION``: auto = the fast precision on CUDA; fp32). Inference goes through the
+    metrics' ``predict``, which is fp32 by design, so only the training figure depends on ``precision``."""
     import torch
     from dormant import training
     from dormant.analysis.metrics import predict
@@ -170,6 +172,20 @@ def throughput(arch: str, device, batch: int, steps: int, precision: str = "libr
     from dormant.data.sources import make_synthetic
     from dormant.nets import build_model
 
+    saved = os.environ.get("DORMANT_PRECISION")
+    os.environ["DORMANT_PRECISION"] = precision
+    try:
+        return _throughput(arch, device, batch, steps, precision, torch, training, predict, create_attack,
+                           make_synthetic, build_model)
+    finally:
+        if saved is None:
+            os.environ.pop("DORMANT_PRECISION", None)
+        else:
+            os.environ["DORMANT_PRECISION"] = saved
+
+
+def _throughput(arch, device, batch, steps, precision, torch, training, predict, create_attack, make_synthetic,
+                build_model) -> dict:
     n = steps * batch
     data = make_synthetic(num_classes=10, train_per_class=n // 10 + batch, test_per_class=10, image_size=32, seed=0)
     train = data["train"].to(device)
@@ -220,17 +236,16 @@ def scaled(entry: dict, factor: float) -> dict:
     return e
 
 
-def digest_of_training(device, deterministic: bool, epochs: int, n: int, precision: str = "library default") -> str:
-    """Weights digest of a short cnn_small training with the deterministic settings on or off."""
+def digest_of_training(device, deterministic: bool, epochs: int, n: int) -> str:
+    """Weights digest of a short cnn_small training with the deterministic settings on or off
+    (``dormant.runtime.configure``, what ``runtime.deterministic`` sets in every job)."""
     import torch
-    from dormant import training
+    from dormant import runtime, training
     from dormant.data.sources import make_synthetic
     from dormant.io import tensor_digest
     from dormant.nets import build_model
 
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
+    runtime.configure(deterministic)
     try:
         data = make_synthetic(num_classes=10, train_per_class=n // 10, test_per_class=10, image_size=32, seed=0)
         train = data["train"].to(device)
@@ -239,8 +254,7 @@ def digest_of_training(device, deterministic: bool, epochs: int, n: int, precisi
         training.train(model, train, {"epochs": epochs, "batch_size": 128, "lr": 0.01}, seed=0)
         return tensor_digest(*[p.detach().float() for p in model.state_dict().values()])
     finally:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
+        runtime.configure(False)
 
 
 def main(argv=None) -> int:
@@ -276,13 +290,15 @@ def main(argv=None) -> int:
     if guard.allows("throughput", 5 if a.smoke else 40):
         steps = 2 if a.smoke else 30
         for batch in ((16, 32) if a.smoke else (128, 512)):
-            report.set("throughput", **{f"{arch}_batch{batch}": throughput(arch, device, batch, steps)})
+            for prec in ("auto", "fp32"):  # auto: the fast precision on CUDA (bf16 on sm80+), fp32 on the CPU
+                report.set("throughput", **{f"{arch}_batch{batch}_{prec}": throughput(arch, device, batch, steps,
+                                                                                      prec)})
         if not a.smoke:  # the cost model's estimate (workflow/lib/dormant/plan_rates.yaml), to be replaced by these
             from dormant.plan import load_rates
 
             g = load_rates()["gpu"]
             est = {"train_img_s": round(g["infer_img_per_s"] / 3), "infer_img_s": g["infer_img_per_s"]}
-            report.set("throughput", expected={f"{arch}_batch128": est, f"{arch}_batch512": est})
+            report.set("throughput", expected={f"{arch}_batch128_auto": est, f"{arch}_batch512_auto": est})
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -299,7 +315,7 @@ def main(argv=None) -> int:
     run_stage("trigger", {"attack": badnets, "name": "badnets", "seed": 0}, device, dataset=ds, trigger=trig0)
     train_cfg = dict(cfg["train"])
     if not a.smoke:
-        measured = report.data["phases"].get("throughput", {}).get(f"{arch}_batch128")
+        measured = report.data["phases"].get("throughput", {}).get(f"{arch}_batch128_auto")
         ips = measured["train_img_s"] if isinstance(measured, dict) else 1000
         per_model = max(30.0, (guard.left() - 200) / 2)  # leave about 200 s for the phases after it
         train_cfg["epochs"] = int(max(1, min(paper["train"]["epochs"], per_model * ips / 50000)))
