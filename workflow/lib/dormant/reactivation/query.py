@@ -113,12 +113,18 @@ class ScoreOracle:
     def _scores(self, xs, deltas, targets, fast: bool):
         """Objective and batch ASR of each (x_i + delta_i) segment, from one forward pass of their
         concatenation: two 0-d-per-segment device tensors, no host sync. Not a query (the caller charges)."""
-        def run(ds):
+        def run(ds, graphed=False):
             z = torch.cat([(x + d).clamp(0, 1) for x, d in zip(xs, ds)]) if len(xs) > 1 else (xs[0] + ds[0]).clamp(0, 1)
             if fast:
                 z = z.contiguous(memory_format=torch.channels_last)
             with (self._fast if fast else self._exact)(z.device):
-                probs = self.__model(z).float().softmax(1)
+                cache = torch.is_autocast_cache_enabled()
+                # a graph must not read autocast's cached weight casts: they are freed when autocast exits
+                torch.set_autocast_cache_enabled(cache and not graphed)
+                try:
+                    probs = self.__model(z).float().softmax(1)
+                finally:
+                    torch.set_autocast_cache_enabled(cache)
             losses, asrs, a = [], [], 0
             for x, t in zip(xs, targets):
                 p = probs[a : a + len(x)]
@@ -140,23 +146,18 @@ class ScoreOracle:
             return out[0].clone(), out[1].clone()
 
     def _capture(self, run, deltas, device):
-        """Captures ``run`` on static delta buffers (warm-up on a side stream first, as torch.cuda.graph asks);
-        autocast's weight cache is off during capture, since its cached casts would be freed after it."""
+        """Captures ``run`` on static delta buffers (warm-up on a side stream first, as torch.cuda.graph asks;
+        autocast's weight cache off, so the graph recasts the weights itself on every replay)."""
         static_d = [d.clone() for d in deltas]
-        cache = torch.is_autocast_cache_enabled()
-        torch.set_autocast_cache_enabled(False)
-        try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    run(static_d)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = run(static_d)
-        finally:
-            torch.set_autocast_cache_enabled(cache)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run(static_d, graphed=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run(static_d, graphed=True)
         return graph, static_d, out
 
 
