@@ -261,13 +261,14 @@ class _Search:
         fast = scores.get("fast")
         first = self.q == 0
         if self.mode == "calib":
-            (closs, casr), (floss, _) = exact, fast
+            (closs, casr), (floss, fasr) = exact, fast
             if first:
-                accept = torch.ones((), dtype=torch.bool, device=closs.device)
+                self.loss_fast, self.asr_fast = floss, fasr
             else:
                 accept = closs < self.loss
                 self.disagree += (accept != (floss < self.loss_fast)).long()
-            self.loss_fast = floss if first else torch.where(accept, floss, self.loss_fast)
+                self.loss_fast = torch.where(accept, floss, self.loss_fast)
+                self.asr_fast = torch.where(accept, fasr, self.asr_fast)
         else:
             closs, casr = exact if self.mode == "fp32" else fast
             accept = None if first else closs < self.loss
@@ -291,7 +292,8 @@ class _Search:
             decisions = self.calibration - 1  # the first query has no decision
             self.agreed = decisions - int(self.disagree)
             self.mode = "fast" if self.agreed >= self.min_agreement * decisions else "fp32"
-            self.loss = self.loss_fast if self.mode == "fast" else self.loss
+            if self.mode == "fast":  # from here on the kept delta's objective and ASR are the fast ones
+                self.loss, self.asr = self.loss_fast, self.asr_fast
         if self.early_stop < 1 and self.q > self.checked:
             block = self.asr_buf[self.checked : self.q].tolist()
             over = [k for k, a in enumerate(block) if a > self.early_stop]
