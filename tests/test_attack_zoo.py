@@ -265,3 +265,14 @@ def test_resource_attacks_say_what_they_need(synthetic):
         make_resources(cfg, synthetic["train"], 4, 0)
     with pytest.raises(ValueError, match="resource"):
         create_attack(cfg, synthetic["train"].x, synthetic["train"].y, 4, 0)
+
+
+def test_wanet_field_is_built_once_per_noise_tensor():
+    """grid() is cached on the noise tensor: the same field as the formula, rebuilt when the noise is replaced."""
+    a = build_attack({"type": "wanet", **BASE}, (3, 16, 16), 4)
+    a.init_resources(None, torch.Generator())
+    g = a.grid()
+    assert a.grid() is g
+    assert torch.equal(g, (identity_grid(16, 16) + a.strength * a.resources["noise"] / 16).clamp(-1, 1))
+    a.set_resources({"noise": torch.zeros_like(a.resources["noise"])})
+    assert torch.equal(a.grid(), identity_grid(16, 16))

@@ -63,3 +63,29 @@ def test_zero_budget_leaves_asr_unchanged(synthetic):
     assert torch.all(deltas["delta_reactivated"] == 0) and torch.all(deltas["delta_guaa"] == 0)
     assert res["asr_reactivated"] == res["asr_trigger"]
     assert res["asr_guaa"] == res["asr_clean"]
+
+
+def test_epoch_losses_are_the_means_of_the_step_losses():
+    """optimise_delta sums the step losses on the device (no per-step sync); the per-epoch figures equal the
+    means of the losses the objective returned, summed as Python floats (bit for bit)."""
+    from dormant.reactivation.delta import optimise_delta
+
+    seen = []
+    w = torch.linspace(-1, 1, 3 * 4 * 4).view(3, 4, 4)
+
+    def objective(z):
+        loss = ((z - 0.3) * w).square().mean()
+        seen.append(float(loss.detach()))
+        return loss
+
+    x = torch.randint(0, 256, (10, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    _, losses = optimise_delta(objective, x, device="cpu", norm="l2", eps=0.5, lr=0.3, epochs=3, steps=2,
+                               batch_size=4, seed=0)
+    per_epoch = len(seen) // 3  # 3 batches x 2 steps
+    want = []
+    for e in range(3):
+        tot = 0.0
+        for v in seen[e * per_epoch : (e + 1) * per_epoch]:
+            tot += v
+        want.append(tot / per_epoch)
+    assert per_epoch == 6 and losses == want

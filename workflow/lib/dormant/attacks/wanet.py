@@ -69,9 +69,15 @@ class WaNet(Attack):
         self.resources = {"noise": noise_field(self.k, h, w, torch.Generator().manual_seed(self.grid_seed))}
 
     def grid(self) -> torch.Tensor:
-        _, h, w = self.image_shape
-        return (identity_grid(h, w).to(self.resources["noise"].device)
-                + self.strength * self.resources["noise"] / h).clamp(-1, 1)
+        """The warping field (1, H, W, 2), built once per noise tensor (``to`` and ``set_resources`` replace
+        it) instead of on every call: no per-batch rebuild and host-to-device copy of the identity grid."""
+        noise = self.resources["noise"]
+        cached = getattr(self, "_grid", None)
+        if cached is None or cached[0] is not noise:
+            _, h, w = self.image_shape
+            field = (identity_grid(h, w).to(noise.device) + self.strength * noise / h).clamp(-1, 1)
+            cached = self._grid = (noise, field)
+        return cached[1]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return warp(x, self.grid())

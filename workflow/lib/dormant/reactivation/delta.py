@@ -21,7 +21,7 @@ def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
         return delta.clamp(-eps, eps)
     if norm == "l2":
         n = delta.norm(p=2)
-        return delta * (eps / n) if n > eps else delta
+        return delta * torch.where(n > eps, eps / n, 1.0)  # on the device: no host sync per step
     raise ValueError(f"unknown norm {norm!r} (linf or l2)")
 
 
@@ -70,18 +70,20 @@ def optimise_delta(objective, x_uint8: torch.Tensor, *, device, transform=None, 
                    epochs=50, steps=5, batch_size=128, momentum=0.0, seed=0, desc="delta") -> tuple[torch.Tensor, list]:
     """Projected SGD on one universal delta: ``objective(perturbed float batch) -> loss`` is minimised over
     ``epochs`` passes of ``x_uint8`` (each image optionally triggered by ``transform``), ``steps`` updates
-    per batch, projection after every update. ``momentum`` > 0 gives heavy-ball SGD (v = mu v + g)."""
+    per batch, projection after every update. ``momentum`` > 0 gives heavy-ball SGD (v = mu v + g).
+
+    Returns (delta, mean loss per epoch). The losses are summed on the device in float64 (the same sums as
+    adding Python floats) and read back once at the end, so the loop makes no per-step host sync."""
     g = torch.Generator().manual_seed(seed)
     delta = random_init(tuple(x_uint8.shape[1:]), norm, eps, g).to(device)
     velocity = torch.zeros_like(delta)
     n = len(x_uint8)
     n_batches = math.ceil(n / batch_size)
-    losses = []
-    for _ in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
-        perm = torch.randperm(n, generator=g)
-        tot = 0.0
+    totals = torch.zeros(epochs, dtype=torch.float64, device=device)
+    for e in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
+        perm = torch.randperm(n, generator=g).to(x_uint8.device)  # one copy per epoch
         for s in range(n_batches):
-            xb = to_float(x_uint8[perm[s * batch_size : (s + 1) * batch_size].to(x_uint8.device)].to(device))
+            xb = to_float(x_uint8[perm[s * batch_size : (s + 1) * batch_size]].to(device))
             if transform is not None:
                 xb = transform(xb)
             for _ in range(steps):
@@ -90,8 +92,8 @@ def optimise_delta(objective, x_uint8: torch.Tensor, *, device, transform=None, 
                 (grad,) = torch.autograd.grad(loss, d)
                 velocity = momentum * velocity + grad if momentum else grad
                 delta = project(delta - lr * velocity, norm, eps)
-                tot += loss.item()
-        losses.append(tot / (steps * n_batches))
+                totals[e] += loss.detach().double()
+    losses = [t / (steps * n_batches) for t in totals.tolist()]
     return delta.detach(), losses
 
 
