@@ -38,8 +38,13 @@ def test_work_of_training_defenses_and_query_by_hand():
     assert ft.bf16["a"] == 3 * 50 * 2 + 60  # 50 clean images (clean_ratio 0.5), 2 epochs, then the evaluation
     aft = plan.job_work("defend", {"attack": "x", "defense": "aft"}, c)
     assert aft.bf16["a"] == 3 * 4 * 50 * 1 + 60  # every step: 3 PGD steps + the training step
-    q = plan.job_work("query", {"attack": "x", "model": "ft"}, c)
-    assert q.fp32["a"] == 2 * 10 * 5 + 2 * 20 and not q.bf16  # two searches of budget x batch, no autocast
+    q = plan.job_work("query", {"attack": "x", "model": "ft"}, c, fast_query=False)
+    assert q.fp32["a"] == 2 * 10 * 5 + 2 * 20 and not q.bf16  # two searches of budget x batch, fp32 oracle
+    c["query"].update(budget=100, calibration=30)
+    q = plan.job_work("query", {"attack": "x", "model": "ft"}, c)  # fast oracle after 30 calibration queries
+    assert q.bf16["a"] == 2 * 100 * 5 and q.fp32["a"] == 2 * 30 * 5 + 2 * 20
+    c["query"]["precision"] = "fp32"
+    assert plan.job_work("query", {"attack": "x", "model": "ft"}, c).fp32["a"] == 2 * 100 * 5 + 2 * 20
 
 
 def test_busy_seconds_scale_with_macs_precision_and_checkpoint_cadence():
@@ -51,11 +56,13 @@ def test_busy_seconds_scale_with_macs_precision_and_checkpoint_cadence():
     assert every2["checkpoint"] == pytest.approx(b["checkpoint"] / 2)
     every10 = plan.busy_seconds("train_clean", {}, c, RATES)  # runtime's default: every 10 epochs, and the last
     assert every10["checkpoint"] == pytest.approx(b["checkpoint"] / 4)
-    q = plan.busy_seconds("query", {"attack": "x", "model": "ft"}, c, RATES)
+    q = plan.busy_seconds("query", {"attack": "x", "model": "ft"}, c, RATES, fast_query=False)
     assert q["compute"] == pytest.approx(140 / 100 * 2.0)  # fp32 at half the rate
+    fast = plan.busy_seconds("query", {"attack": "x", "model": "ft"}, c, RATES)  # budget 10 < 50 calibration queries
+    assert fast["compute"] == pytest.approx(100 / 100 + 140 / 100 * 2.0)  # each query scored in both precisions
     c2 = copy.deepcopy(c)
     c2["model"]["arch"] = "b"  # half the multiply-adds, half the time
-    assert plan.busy_seconds("query", {}, c2, RATES)["compute"] == pytest.approx(q["compute"] / 2)
+    assert plan.busy_seconds("query", {}, c2, RATES, fast_query=False)["compute"] == pytest.approx(q["compute"] / 2)
 
 
 DRYRUN = """Building DAG of jobs...

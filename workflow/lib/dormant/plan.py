@@ -143,8 +143,10 @@ def _attack_resource_work(w: Work, arch: str, cfg: dict, s: Sizes) -> None:
         w.train(arch, s.n_train, ep)
 
 
-def job_work(rule: str, wc: dict, config: dict) -> Work:
-    """The GPU work of one job of ``rule`` with wildcards ``wc`` under ``config``."""
+def job_work(rule: str, wc: dict, config: dict, *, fast_query: bool = True) -> Work:
+    """The GPU work of one job of ``rule`` with wildcards ``wc`` under ``config``. ``fast_query``: the query oracle
+    in the fast precision after its calibration (``query.precision`` auto or fast), assuming the calibration
+    accepts it (where it does not, the search stays fp32: the cost with ``fast_query=False``)."""
     w, s = Work(), sizes(config)
     arch = config["model"]["arch"]
     n_clean = int(round(config["defense_data"]["clean_ratio"] * s.n_train))
@@ -171,9 +173,15 @@ def job_work(rule: str, wc: dict, config: dict) -> Work:
     elif rule == "observe":
         o = config["observation"]
         w.train(arch, o["n_images"], passes=o.get("steps", 7) + 1)
-    elif rule == "query":  # two searches (trigger and gUAA), each up to budget queries of batch_size images, fp32
+    elif rule == "query":  # two searches (trigger and gUAA), each up to budget queries of batch_size images
         q = config["query"]
-        w.infer(arch, 2 * q["budget"] * q["batch_size"] + 2 * s.n_test, fp32=True)
+        n = 2 * q["budget"] * q["batch_size"]
+        if fast_query and q.get("precision", "auto") != "fp32":
+            cal = min(q.get("calibration", 50), q["budget"])  # calibration queries are scored in both precisions
+            w.infer(arch, n)
+            w.infer(arch, 2 * cal * q["batch_size"] + 2 * s.n_test, fp32=True)
+        else:
+            w.infer(arch, n + 2 * s.n_test, fp32=True)
     elif rule == "evidence":
         e = config["evidence"]
         w.infer(arch, e["n_images"] * (2 + 2 * len(e["noise"])), fp32=True)
@@ -203,13 +211,15 @@ def _checkpoint_every(config: dict, rule: str, wc: dict) -> int:
     return max(1, int(runtime.get("checkpoint_every_epochs", 10) or 1))
 
 
-def busy_seconds(rule: str, wc: dict, config: dict, rates: dict | None = None, *, cadence: bool = True) -> dict:
+def busy_seconds(rule: str, wc: dict, config: dict, rates: dict | None = None, *, cadence: bool = True,
+                 fast_query: bool | None = None) -> dict:
     """Projected GPU seconds of one job: ``compute`` and ``checkpoint`` (synchronous writes while the GPU waits),
-    with the config's checkpoint cadence (``cadence=True``) or every epoch."""
+    with the config's checkpoint cadence (``cadence=True``) or every epoch; ``fast_query`` (default: as
+    ``cadence``, i.e. the layout after issue 16) as in :func:`job_work`."""
     rates = rates or load_rates()
     g, s = rates["gpu"], sizes(config)
     ref = rates["macs"][g["reference_arch"]]
-    w = job_work(rule, wc, config)
+    w = job_work(rule, wc, config, fast_query=cadence if fast_query is None else fast_query)
     compute = 0.0
     for table, slow in ((w.bf16, 1.0), (w.fp32, g["fp32_slowdown"])):
         for arch, passes in table.items():

@@ -32,7 +32,6 @@ precision (bf16 autocast on CUDA) after a calibration against fp32, and replay a
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -51,12 +50,6 @@ PRECISIONS = ("auto", "fast", "fp32")
 
 class QueryBudgetExceeded(RuntimeError):
     pass
-
-
-def _exact_default(device):
-    """fp32 for the oracle's reference decisions: ``runtime.exact`` (TF32 off) where it exists."""
-    exact = getattr(runtime, "exact", None)
-    return exact(device) if exact is not None else contextlib.nullcontext()
 
 
 def margin_loss(probs: torch.Tensor, target: int) -> torch.Tensor:
@@ -89,7 +82,7 @@ class ScoreOracle:
             precision = "fast" if device.type == "cuda" else "fp32"
         self.precision = precision
         self._fast = fast or runtime.autocast
-        self._exact = exact or _exact_default
+        self._exact = exact or runtime.exact
         self.cuda_graph = bool(cuda_graph)
         self._graphs: dict = {}
         if precision == "fast":
