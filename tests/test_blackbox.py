@@ -9,6 +9,7 @@ import pytest
 import torch
 from dormant.attacks import build_attack
 from dormant.data.augment import to_float
+from dormant.errors import ConfigError
 from dormant.nets import build_model
 from dormant.reactivation import evidence, query, transfer
 from dormant.reactivation.delta import optimise_delta
@@ -250,6 +251,52 @@ def test_momentum_is_heavy_ball_sgd():
         d, _ = optimise_delta(lambda z: (z * w).sum(), x, device="cpu", eps=0.3, lr=0.01, epochs=1, steps=3,
                               batch_size=1, momentum=mu, seed=0)
         assert torch.allclose(d, init - 0.01 * w * (3 + 2 * mu + mu**2), atol=1e-6)
+
+
+class _LinearScore(torch.nn.Module):
+    """Two-class logits (sum(w * x), 0): the CE gradient to class 0 points along -w, whatever its length."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        s = (x * self.w).sum((1, 2, 3))
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_official_mom_variant_steps_per_surrogate_on_l2_normalised_gradients():
+    """Reference ``mom``: per batch, for each surrogate k in turn, v <- mu v + g_k / ||g_k||, delta <- Pi(delta -
+    lr v). With g_k along -w_k (u_k = w_k / ||w_k||), one batch and two surrogates: step 1 adds lr u_1, step 2
+    adds lr (mu u_1 + u_2), so delta = init + lr ((1 + mu) u_1 + u_2), however unequal ||w_1|| and ||w_2|| are."""
+    w1, w2 = torch.tensor([0.1, -0.2, 0.3]).view(3, 1, 1), torch.tensor([-30.0, 0.0, 40.0]).view(3, 1, 1)
+    nets = [_LinearScore(w1).eval(), _LinearScore(w2).eval()]
+    x = torch.full((1, 3, 1, 1), 127, dtype=torch.uint8)
+    init, _ = transfer.optimise_mom(nets, x, 0, device="cpu", eps=0.3, lr=0.0, epochs=1, seed=0)
+    assert init.abs().max() < 0.25  # the steps below stay inside the budget and [0, 1]
+    u1, u2 = w1 / w1.norm(), w2 / w2.norm()
+    for mu in (0.0, 0.9):
+        d, losses = transfer.optimise_mom(nets, x, 0, device="cpu", eps=0.3, lr=0.01, epochs=1, momentum=mu, seed=0)
+        assert torch.allclose(d, init + 0.01 * ((1 + mu) * u1 + u2), atol=1e-6)
+        assert len(losses) == 1
+    # the momentum buffer carries over to the next epoch: a third and fourth step
+    d, _ = transfer.optimise_mom(nets, x, 0, device="cpu", eps=0.3, lr=0.01, epochs=2, momentum=0.5, seed=0)
+    v = [u1, 0.5 * u1 + u2]
+    v += [0.5 * v[-1] + u1, 0.25 * v[-1] + 0.5 * u1 + u2]
+    init2, _ = transfer.optimise_mom(nets, x, 0, device="cpu", eps=0.3, lr=0.0, epochs=2, seed=0)
+    assert torch.allclose(d, init2 + 0.01 * sum(v), atol=1e-6)
+
+
+def test_transfer_variants_are_selectable(synthetic):
+    net, atk = _setup()
+    cfg = {"norm": "linf", "eps": 0.05, "lr": 0.05, "epochs": 1, "batch_size": 16, "n_images": 32, "momentum": 0.9}
+    info, deltas = optimise_transfer([net], synthetic["train"], atk, {**cfg, "variants": ["mom"]}, seed=0)
+    assert list(deltas) == ["delta_mom"] and info["variants"] == ["mom"]
+    _, all_three = optimise_transfer([net], synthetic["train"], atk, cfg, seed=0)
+    assert sorted(all_three) == ["delta_mom", "delta_momentum", "delta_plain"]
+    assert torch.equal(all_three["delta_mom"], deltas["delta_mom"])
+    with pytest.raises(ConfigError, match="transfer.variants"):
+        optimise_transfer([net], synthetic["train"], atk, {**cfg, "variants": ["nesterov"]}, seed=0)
 
 
 def test_evidence_invariances(synthetic):

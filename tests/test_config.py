@@ -82,6 +82,10 @@ def test_reserved_defense_names_and_semantic_checks(params):
     assert "backdoor" in _bad(params, lambda p: p["defenses"].update(backdoor={"type": "ft", "epochs": 1, "lr": 0.1}))
     assert "bec.headline_fraction" in _bad(params, lambda p: p["bec"].update(headline_fraction=0.3))
     assert "data.path" in _bad(params, lambda p: p["data"].update(source="path", path=None))
+    # the main table's transfer variant must be one that is optimised
+    assert "report.transfer_variant" in _bad(params, lambda p: p["transfer"].update(variants=["plain", "momentum"]))
+    assert "bec.channel_rounding" in _bad(params, lambda p: p["bec"].update(channel_rounding="ceil"))
+    assert "adversarial_schedule" in _bad(params, lambda p: p["defenses"]["pbe"].update(adversarial_schedule="x"))
 
 
 def test_load_reports_missing_and_broken_files(tmp_path):

@@ -10,6 +10,7 @@ from dormant.analysis.metrics import evaluate
 from dormant.defenses import build_defense
 from dormant.defenses.clp import channel_lipschitz
 from dormant.defenses.holdout import split_holdout
+from dormant.errors import ConfigError
 from dormant.nets import MODELS, build_model
 from dormant.nets import probe as introspect
 
@@ -37,6 +38,11 @@ def test_introspection_finds_conv_bn_pairs_and_stage_outputs_on_every_model(arch
     assert pairs
     for conv, bn in pairs:
         assert net.get_submodule(conv).out_channels == net.get_submodule(bn).num_features
+    # BackdoorBench's pairing (CLP's default): only pairs of matching width; on the CIFAR models every BN
+    order = introspect.module_order_pairs(net)
+    assert all(net.get_submodule(c).out_channels == net.get_submodule(b).num_features for c, b in order)
+    unpaired = introspect.unpaired_bns(net, order)
+    assert unpaired == (["bn1"] if arch == "wrn28_2" else [])  # WRN's final BN is registered after the stem
     points = introspect.attention_points(net)
     assert len(points) == 2
     # the inputs of those modules are 4-D feature maps, the deeper one smaller
@@ -97,6 +103,29 @@ def test_clp_bound_and_pruning(clean):
     assert _same(other, out)
 
 
+def test_clp_pairings_on_preact_resnet18():
+    """BackdoorBench pairs every BN with the last conv before it in module order (all 16 of PreAct-ResNet18);
+    the direct pairing keeps only the 9 BNs a conv feeds (the stem's and every block's conv1)."""
+    from dormant.defenses.clp import clp_pairs
+
+    net = build_model("preact_resnet18", 10)
+    bns = introspect.bn_layers(net)
+    direct, order = dict(map(reversed, clp_pairs(net, "direct"))), dict(map(reversed, clp_pairs(net, "module_order")))
+    assert len(bns) == 16 and sorted(order) == sorted(bns) and len(direct) == 9
+    assert direct.items() <= order.items()  # where a conv feeds the BN, both pairings agree
+    assert order["layer1.0.bn1"] == "conv1" and order["layer1.0.bn2"] == "layer1.0.conv1"
+    assert order["layer1.1.bn1"] == "layer1.0.conv2"  # fed by a residual sum, scored with the last conv
+    assert order["layer2.1.bn1"] == "layer2.0.shortcut"  # the 1x1 shortcut is registered after conv2
+    assert order["layer3.0.bn1"] == "layer2.1.conv2"
+    for pairing, n in (("module_order", 16), ("direct", 9)):
+        _, info = build_defense({"type": "clp", "u": 3.0, "pairing": pairing}).run(copy.deepcopy(net), None, seed=0)
+        assert info["pairs"] == n and info["pairing"] == pairing
+        assert info["unpaired_bns"] == ([] if n == 16 else sorted(set(bns) - set(direct), key=bns.index))
+        assert info["channels"] == sum(net.get_submodule(b).num_features for b in (order if n == 16 else direct))
+    with pytest.raises(ConfigError, match="pairing"):
+        build_defense({"type": "clp", "pairing": "graph"})
+
+
 def test_fp_prunes_within_the_held_out_budget_and_keeps_pruned_channels_off(backdoored, clean):
     m, atk, _ = backdoored
     cfg = {"type": "fp", "epochs": 2, "batch_size": 16, "lr": 0.01, "step": 0.05, "max_acc_drop": 10.0,
@@ -151,16 +180,36 @@ def test_asam_step_goes_out_and_comes_back_exactly():
     net = build_model("cnn_tiny", 4)
     net(torch.rand(4, 3, 16, 16)).sum().backward()
     before = copy.deepcopy(net.state_dict())
-    restore = asam_perturbation(net, rho=2.0)
+    restore = asam_perturbation(net, rho=2.0, eta=0.01)
     moved = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
     assert moved  # the ascent step moved the weights ...
-    # ... by e = rho |w|^2 g / || |w| g ||, whose adaptive norm || e / |w| || is rho
-    e = [(p.detach() - before[n]) for n, p in net.named_parameters() if p.grad is not None]
-    w = [before[n].abs() for n, p in net.named_parameters() if p.grad is not None]
-    ratio = torch.cat([(a / b.clamp_min(1e-12)).flatten() for a, b in zip(e, w) if b.abs().min() > 0])
-    assert ratio.norm() == pytest.approx(2.0, rel=1e-3)
+    # ... by e = rho T^2 g / ||T g||, whose adaptive norm || e / T || is rho (T = |w| + eta, 1 for biases)
+    named = [(n, p) for n, p in net.named_parameters() if p.grad is not None]
+    assert any(n.endswith("bias") for n, _ in named)
+    e = [p.detach() - before[n] for n, p in named]
+    t = [before[n].abs() + 0.01 if n.endswith("weight") else torch.ones_like(before[n]) for n, _ in named]
+    ratio = torch.cat([(a / b).flatten() for a, b in zip(e, t)])
+    assert ratio.norm() == pytest.approx(2.0, rel=1e-4)
     restore()
     assert all(torch.allclose(v, before[k], atol=1e-7) for k, v in net.state_dict().items())
+
+
+def test_asam_ascent_matches_a_hand_computation():
+    """Kwon et al. 2021: e = rho T^2 g / ||T g|| with T = |w| + eta on weights and T = 1 on biases."""
+    from dormant.defenses.ftsam import asam_perturbation
+
+    lin = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.5, -2.0]], dtype=torch.float64))
+        lin.bias.copy_(torch.tensor([0.3], dtype=torch.float64))
+    lin.weight.grad = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    lin.bias.grad = torch.tensor([-2.0], dtype=torch.float64)
+    asam_perturbation(lin, rho=2.0, eta=0.01)
+    # T g = (0.51 * 1.0, 2.01 * 0.5, 1 * -2.0) = (0.51, 1.005, -2.0); ||T g|| = sqrt(5.270125)
+    norm = 5.270125 ** 0.5
+    w_expected = [0.5 + 2.0 * 0.51 * 0.51 / norm, -2.0 + 2.0 * 2.01 * 1.005 / norm]
+    assert lin.weight.detach().flatten().tolist() == pytest.approx(w_expected, abs=1e-9)
+    assert lin.bias.item() == pytest.approx(0.3 + 2.0 * -2.0 / norm, abs=1e-9)
 
 
 @pytest.mark.parametrize("cfg", [

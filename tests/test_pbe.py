@@ -114,14 +114,64 @@ def test_pbe_rejects_fractions_that_do_not_fit_the_rounds():
         build_defense({**PBE, "keep_fractions": [0.3, 0.2]})
 
 
-def test_pbe_resumes_per_round_to_identical_weights(backdoored, tmp_path):
+@pytest.mark.parametrize("schedule", ["official", "every_batch"])
+def test_pbe_resumes_per_round_to_identical_weights(backdoored, tmp_path, schedule):
     m, _, pois = backdoored
-    ref, _ = build_defense(PBE).run(_copy(m), pois, seed=0)
+    cfg = {**PBE, "epochs": 2, "adversarial_schedule": schedule}
+    ref, _ = build_defense(cfg).run(_copy(m), pois, seed=0)
     ckpt = tmp_path / "pbe.safetensors"
-    build_defense({**PBE, "rounds": 2, "keep_fractions": [0.3]}).run(_copy(m), pois, seed=0, checkpoint=ckpt)
+    build_defense({**cfg, "rounds": 2, "keep_fractions": [0.3]}).run(_copy(m), pois, seed=0, checkpoint=ckpt)
     assert (tmp_path / "pbe.round1.safetensors").exists() and (tmp_path / "pbe.round2.safetensors").exists()
-    resumed, _ = build_defense(PBE).run(_copy(m), pois, seed=0, checkpoint=ckpt)
+    # official: round 2's clean epochs resume from their own checkpoint, with the shared optimiser's buffers
+    assert (tmp_path / "pbe.round2.clean.safetensors").exists() == (schedule == "official")
+    resumed, _ = build_defense(cfg).run(_copy(m), pois, seed=0, checkpoint=ckpt)
     assert _same(ref, resumed)
+
+
+@pytest.mark.parametrize("schedule,adversarial,optimisers", [
+    ("official", [4, 3, 3], 1),  # round 1: 2 epochs x 2 batches; rounds 2-3: the first 3 batches only
+    ("every_batch", [4, 10, 18], 3),  # every batch of 2 epochs of 2, 5 and 9 batches; a fresh SGD per round
+])
+def test_pbe_adversarial_batches_per_round(backdoored, monkeypatch, schedule, adversarial, optimisers):
+    """A spy in place of PGD counts the adversarial batches of each round (subsets of 24, 72 and 144 of the 240
+    images, batch 16: 2, 5 and 9 batches per epoch) and the optimisers created."""
+    from dormant.defenses import aft
+
+    m, _, pois = backdoored
+    counts, sgd = [], []
+
+    def spy_pgd(cfg):
+        counts.append(0)
+        k = len(counts) - 1
+
+        def transform(model, x, y, generator):
+            counts[k] += 1
+            return x
+
+        return transform
+
+    class SpySGD(torch.optim.SGD):
+        def __init__(self, *a, **kw):
+            sgd.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(aft, "pgd_transform", spy_pgd)
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    cfg = {**PBE, "epochs": 2, "batch_size": 16, "adversarial_schedule": schedule, "adversarial_batches": 3}
+    _, info = build_defense(cfg).run(_copy(m), pois, seed=0)
+    assert [r["selected"] for r in info["rounds"]] == [24, 72, 144]
+    assert counts == adversarial and len(sgd) == optimisers
+    assert [h["epoch"] for h in info["history"]] == [1, 2, 3, 4, 5, 6]  # 2 epochs per round either way
+
+
+def test_pbe_official_schedule_checks_its_settings():
+    with pytest.raises(ConfigError, match="defenses.pbe.adversarial_schedule"):
+        build_defense({**PBE, "adversarial_schedule": "some_batches"})
+    with pytest.raises(ConfigError, match="defenses.pbe.schedule"):
+        build_defense({**PBE, "schedule": "cosine"})
+    with pytest.raises(ConfigError, match="defenses.pbe.adversarial_batches"):
+        build_defense({**PBE, "adversarial_batches": -1})
+    build_defense({**PBE, "schedule": "cosine", "adversarial_schedule": "every_batch"})  # no split: allowed
 
 
 def test_aft_keeps_architecture_and_epoch_budget_and_monitor_only_observes(synthetic, backdoored):

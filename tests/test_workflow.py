@@ -64,9 +64,11 @@ def test_table_rows_and_invariants(workdir):
     assert df[["c_acc", "asr", "ra", "asr_reactivated", "asr_guaa"]].stack().between(0, 100).all()
     md = (workdir / "results/tiny/report/table.md").read_text()
     assert md.count("\n") == 2 + 2 * len(TINY_MODELS) and "| badnets | backdoor |" in md
-    # min-max BEC over each attack's defenses: the lowest is 0 and the highest 1 by construction
-    mm = df[df.model.isin(TINY_DEFENSES)].groupby("attack")["bec_minmax"].agg(["min", "max"])
+    # min-max BEC over each attack's clean model and defenses: the lowest is 0 and the highest 1 by construction;
+    # the backdoored row has none
+    mm = df[df.model.isin(["clean", *TINY_DEFENSES])].groupby("attack")["bec_minmax"].agg(["min", "max"])
     assert (mm["min"].abs() < 1e-9).all() and ((mm["max"] - 1).abs() < 1e-9).all()
+    assert df[df.model == "backdoor"]["bec_minmax"].isna().all()
 
 
 def test_defense_grid_table_shows_each_defense_and_what_nc_flagged(workdir):

@@ -275,6 +275,10 @@ def _semantic_checks(cfg: dict) -> list[str]:
             if dname not in own:
                 msgs.append(f"transfer.surrogates.{name}.defenses: {dname!r} is not an entry of transfer.defenses "
                             f"({', '.join(sorted(own))})")
+    shown = (cfg.get("report") or {}).get("transfer_variant", "mom")
+    computed = cfg["transfer"].get("variants", ["plain", "momentum", "mom"])
+    if shown not in computed:
+        msgs.append(f"report.transfer_variant: {shown!r} is not one of transfer.variants {computed}")
     q = cfg["query"]
     late = [c for c in q["checkpoints"] if c > q["budget"]]
     if late:

@@ -106,6 +106,28 @@ def conv_bn_pairs(model: nn.Module, image_shape=(3, 32, 32)) -> list[tuple[str, 
     return pairs
 
 
+def module_order_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv name, bn name) pairing every BatchNorm2d with the last Conv2d registered before it in
+    ``named_modules()`` order, as BackdoorBench's CLP does. In a pre-activation block this pairs ``bn1`` with the
+    previous block's last conv (its ``conv2`` or its 1x1 shortcut), so every BN of PreAct-ResNet18 gets a conv.
+    A BN with no conv before it, or whose preceding conv has a different width (where the reference code would
+    index out of range or score the wrong rows; e.g. WRN-28-2's final BN, registered right after the stem), is
+    left out: :func:`unpaired_bns` names them."""
+    pairs, last = [], None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last = (name, m)
+        elif isinstance(m, nn.BatchNorm2d) and last is not None and last[1].out_channels == m.num_features:
+            pairs.append((last[0], name))
+    return pairs
+
+
+def unpaired_bns(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
+    """BatchNorm2d layers of ``model`` that no pair scores."""
+    paired = {bn for _, bn in pairs}
+    return [name for name in bn_layers(model) if name not in paired]
+
+
 def attention_points(model: nn.Module, image_shape=(3, 32, 32), n: int = 2) -> list[str]:
     """Modules whose *inputs* are the feature maps of the last ``n`` stages, deepest last.
 

@@ -4,7 +4,8 @@
   queries spent, and the queries the search needed to reach 90% of the white-box ASR.
 * ``query_checkpoints.{csv,png}``: re-activation vs gUAA at fixed query counts (paper: 1k-7k); ``query.png``:
   the per-query curves.
-* ``transfer.csv`` + ``transfer.png``: each surrogate set's plain and momentum delta on every target;
+* ``transfer.csv`` + ``transfer.png``: each surrogate set's delta of every variant (plain, momentum, mom) on
+  every target;
   ``seen`` marks targets made by a defense method (type) the attacker also used, with its own settings,
   seed and clean data.
 * ``evidence_cka.{csv,png}``, ``evidence_noise.{csv,png}``: CKA and random-noise analyses.

@@ -2,8 +2,9 @@
 
 * table: attack, model (clean / backdoor / defense name), C-ACC, ASR, RA, DER, BEC (headline fraction, plus
   5/10/20% and the reference code's min-max variant), ASR after white-box re-activation, gUAA ASR, and where
-  those stages ran, query-based re-activation (ASR, queries spent, query gUAA) and the momentum transfer
-  ASR per surrogate set (:mod:`dormant.report.blackbox` has their detailed tables and figures).
+  those stages ran, query-based re-activation (ASR, queries spent, query gUAA) and the transfer ASR per
+  surrogate set of the variant ``report.transfer_variant``, named in the column (``asr_transfer_<set>_<variant>``;
+  :mod:`dormant.report.blackbox` has every variant's detailed tables and figures).
 * figure 1 of the re-activation paper: BEC (y) against ASR after defense (x).
 * ASR with the original trigger vs. after re-activation vs. gUAA, per model.
 * trigger gallery: clean image, poisoned image, amplified difference, per attack.
@@ -21,9 +22,11 @@ import torch
 from dormant.analysis.bec import minmax_bec
 from dormant.analysis.metrics import poisoned_test_index
 from dormant.data.augment import to_float
+from dormant.errors import ConfigError
 from dormant.io import read_json, write_json, write_text
 from dormant.report.common import savefig, to_markdown, write_csv
 
+TRANSFER_VARIANT = "mom"  # the reference code's momentum form (docs/methods.md section 7.4)
 COLUMNS = ["attack", "model", "c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_10", "bec_20", "bec_minmax",
            "asr_reactivated", "asr_guaa"]
 
@@ -31,6 +34,7 @@ COLUMNS = ["attack", "model", "c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_
 def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
     """rows: one dict per model with keys attack, model, metrics, bec, reactivation (paths to stage JSONs)."""
     recs = []
+    variant = (params.get("report") or {}).get("transfer_variant", TRANSFER_VARIANT)
     for r in rows:
         m = read_json(r["metrics"], keys=("metrics",))["metrics"]
         b = read_json(r["bec"], keys=("metrics",))["metrics"]
@@ -47,14 +51,18 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
                        asr_query_guaa=q["guaa"]["asr"])
         if r.get("transfer"):
             for surrogate, res in sorted(read_json(r["transfer"], keys=("metrics",))["metrics"].items()):
-                rec[f"asr_transfer_{surrogate}"] = res["momentum"]
+                if variant not in res:
+                    raise ConfigError(f"report.transfer_variant: {variant!r} was not computed for {r['transfer']} "
+                                      f"(it has {', '.join(sorted(res))}; see transfer.variants)")
+                rec[f"asr_transfer_{surrogate}_{variant}"] = res[variant]
         recs.append(rec)
     df = pd.DataFrame.from_records(recs)
     df["bec_minmax"] = math.nan
     for _, grp in df.groupby("attack"):
-        defended = grp[~grp["model"].isin(["clean", "backdoor"])]
-        if len(defended):
-            mm = minmax_bec(dict(zip(defended.index, defended["S"])))
+        # the reference form: over the clean model and the defended models (not the backdoored one)
+        pool = grp[grp["model"] != "backdoor"]
+        if (pool["model"] != "clean").any():
+            mm = minmax_bec(dict(zip(pool.index, pool["S"])))
             df.loc[list(mm), "bec_minmax"] = list(mm.values())
     extra = [c for c in ("asr_query", "queries", "asr_query_guaa") if c in df]
     extra += sorted(c for c in df if c.startswith("asr_transfer_"))

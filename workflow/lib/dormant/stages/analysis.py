@@ -38,7 +38,7 @@ def metrics(params: dict, *, dataset: str, trigger: str, model: str, backdoored:
 def bec(params: dict, *, dataset: str, trigger: str, model: str, backdoored: str, clean: str, bec: str,
         device="cpu") -> None:
     """Computes the backdoor existence coefficient of one model, layer-wise CKA included (section 6)."""
-    from dormant.analysis.bec import compute_bec
+    from dormant.analysis.bec import BEC_DEFAULTS, compute_bec
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
     from dormant.nets.checkpoint import load_model
@@ -50,13 +50,16 @@ def bec(params: dict, *, dataset: str, trigger: str, model: str, backdoored: str
     with exact(device):  # activations, Gram matrices and CKA in fp32, TF32 off
         res = compute_bec(load_model(backdoored, device), load_model(clean, device),
                           {"model": load_model(model, device)}, test, atk, n_images=cfg["n_images"],
-                          fractions=tuple(cfg["fractions"]), seed=params["seed"], device=device)
+                          fractions=tuple(cfg["fractions"]), seed=params["seed"], device=device,
+                          tac_images=cfg.get("tac_images", BEC_DEFAULTS["tac_images"]),
+                          channel_rounding=cfg.get("channel_rounding", BEC_DEFAULTS["channel_rounding"]))
     per_q = res["models"]["model"]
     head = per_q[str(cfg["headline_fraction"])]
     summary = {"bec": head["bec"], "S": head["S"], "S_clean": head["S_clean"],
                **{f"bec_{int(round(100 * float(q)))}": v["bec"] for q, v in per_q.items()}}
     write_json(bec, {**sidecar(params, params["seed"], summary), "detail": per_q, "layers": res["layers"],
-                     "tac": res["tac"], "n_images": res["n_images"]})
+                     "tac": res["tac"], "n_images": res["n_images"], "tac_images": res["tac_images"],
+                     "channel_rounding": res["channel_rounding"], "kept_channels": res["kept_channels"]})
 
 
 @stage(sections=("reactivation", "seed"), outputs=("result", "delta"))

@@ -62,7 +62,7 @@ def defend_surrogate(params: dict, *, dataset: str, subset: str, trigger: str, b
 @stage(sections=("transfer", "surrogate", "seed"), outputs=("result", "delta"))
 def transfer_optimise(params: dict, *, dataset: str, trigger: str, surrogates: list, result: str, delta: str,
                       device="cpu") -> None:
-    """Optimises the attacker's transfer deltas (plain and momentum) on its own surrogate models only."""
+    """Optimises the attacker's transfer deltas (each of transfer.variants) on its own surrogate models only."""
     from dormant.attacks import load_attack
     from dormant.data.imageset import load_dataset
     from dormant.io import save_tensors
@@ -73,7 +73,7 @@ def transfer_optimise(params: dict, *, dataset: str, trigger: str, surrogates: l
     nets = [load_model(path, device) for path in surrogates]
     info, deltas = optimise_transfer(nets, sets["train"], load_attack(trigger, device), params["transfer"],
                                      params["seed"])
-    losses = {v: info[v].pop("loss") for v in ("plain", "momentum")}
+    losses = {v: info[v].pop("loss") for v in info["variants"]}
     save_tensors(deltas, delta, {"budget": info["budget"]})
     write_json(result, sidecar(params, params["seed"], {**info, "surrogates": surrogates}, curves=losses))
 

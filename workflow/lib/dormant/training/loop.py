@@ -148,6 +148,7 @@ def train(
     sharpness: Callable | None = None,
     after_step: Callable | None = None,
     learn_attack: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
     desc: str = "train",
     checkpoint_every: tuple[int, float] | None = None,
 ) -> list[dict]:
@@ -164,13 +165,15 @@ def train(
     ``learn_attack``: an attack that learns jointly with the victim (``attack.learner()``, e.g. Input-Aware's
     generator) adds its loss term, takes its own optimiser step after every step of the model, and is saved
     with the resume checkpoint; the loop sees only that co-trained component, never the attack's internals.
+    ``optimizer``: an existing SGD optimiser over ``model``'s parameters to continue with (its momentum
+    buffers carry over, e.g. across PBE's rounds); by default a fresh one from ``cfg``.
     ``checkpoint_every``: (epochs, minutes) between resume checkpoints, whichever comes first, and always after
     the last epoch; default :func:`dormant.runtime.checkpoint_cadence`.
     """
     cfg = {**DEFAULTS, **cfg}
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model, cfg)
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
     learner = attack.learner() if (learn_attack and attack is not None) else None
     # a checkpoint is only resumed by the same config, data, poisoning, starting weights and library code
     cfg_key = config_hash({
