@@ -369,13 +369,25 @@ def main(argv=None) -> int:
         q["checkpoints"] = [c for c in q["checkpoints"] if c < q["budget"]]
         q["early_stop"] = 1.0
         qres, qdelta = work / "query.json", work / "query_delta.safetensors"
-        tq = run_stage("query", {"query": q, "seed": 0}, device, dataset=ds, trigger=trig, model=target,
-                       result=qres, delta=qdelta)
         queries = 2 * q["budget"]  # two searches (the trigger's and gUAA's), early stop off
+        oracle = {}
+        # the oracle three ways: fp32; the fast precision after calibration; the same replayed from a CUDA graph
+        for name, over in (("fp32", {"precision": "fp32", "cuda_graph": False}),
+                           ("fast", {"precision": "fast", "cuda_graph": False}),
+                           ("fast_graph", {"precision": "fast", "cuda_graph": True})):
+            if guard.left() < (2 if a.smoke else 30):
+                break
+            tq = run_stage("query", {"query": {**q, **over}, "seed": 0}, device, dataset=ds, trigger=trig,
+                           model=target, result=qres, delta=qdelta)
+            out = json.loads(qres.read_text())
+            out = out.get("metrics", out)
+            prec = (out.get("reactivated") or {}).get("precision")
+            oracle[name] = {"query_s": round(tq, 1), "queries_per_s": round(queries / tq, 1), "precision": prec}
         report.set("reactivation", reactivate_s=round(t, 1),
                    whitebox={k: v for k, v in r.items() if isinstance(v, (int, float))},
-                   query_s=round(tq, 1), queries=queries, queries_per_s=round(queries / tq, 1),
-                   query_batch=q["batch_size"])
+                   queries=queries, query_batch=q["batch_size"], oracle=oracle,
+                   expected={"oracle": {"fast": "about 2x fp32's queries/s on CUDA, if its calibration agreed",
+                                        "fast_graph": "at least fast's"}})
 
     # 7. every attack and defense at 2% of its budget
     if bd.exists() and guard.allows("smoke_all", 20 if a.smoke else 120):
