@@ -219,6 +219,11 @@ def test_fp16_path_scales_the_loss_and_trains_with_and_without_sam(synthetic, mo
     plain and sharpness-aware (FT-SAM) steps both train, and the weights stay fp32 and finite."""
     monkeypatch.setattr(runtime, "fast_dtype", lambda device: torch.float16)
     assert runtime.grad_scaler("cpu").is_enabled()
+    x = torch.ones(2, 2)
+    with runtime.autocast("cpu", fp16=True):  # the loop (loss scaler) and gradient-free passes take fp16
+        assert (x @ x).dtype == torch.float16
+    with runtime.autocast("cpu"):  # an unscaled backward (NC, ANP, PGD, delta optimisation) stays fp32
+        assert (x @ x).dtype == torch.float32
     before = _fit(synthetic["train"], cfg={**CFG, "epochs": 0})
     plain = _fit(synthetic["train"], cfg={**CFG, "epochs": 1})
     sam, _ = build_defense({"type": "ftsam", "epochs": 1, "batch_size": 16}).run(copy.deepcopy(plain),

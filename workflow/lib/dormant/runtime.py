@@ -79,12 +79,16 @@ def memory_format(device) -> torch.memory_format:
 _exact_depth = 0  # how many exact() contexts are open: autocast() inside one stays fp32
 
 
-def autocast(device):
+def autocast(device, *, fp16: bool = False):
     """The fast precision on ``device`` (:func:`fast_dtype`) as an autocast context; where that is fp32, and
-    inside :func:`exact`, a disabled one, so CPU runs stay fp32 and bit-reproducible by default."""
+    inside :func:`exact`, a disabled one, so CPU runs stay fp32 and bit-reproducible by default.
+
+    ``fp16``: the caller can take fp16 (no gradients, or a backward through :func:`grad_scaler`). Where the fast
+    precision is fp16 (GPUs before compute capability 8.0) other callers get fp32: an unscaled fp16 backward
+    (trigger reversal, adversarial inner loops, delta optimisation) underflows small gradients to zero."""
     dev = torch.device(device)
     dtype = fast_dtype(dev)
-    if dtype is None or _exact_depth:
+    if dtype is None or _exact_depth or (dtype == torch.float16 and not fp16):
         return torch.autocast(dev.type, enabled=False)
     return torch.autocast(dev.type, dtype=dtype)
 

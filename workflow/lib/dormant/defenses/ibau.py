@@ -44,7 +44,7 @@ def universal_perturbation(model, clean, cfg: dict, generator: torch.Generator) 
     opt = torch.optim.SGD([delta], lr=cfg["uap_lr"])
     for _ in range(cfg["uap_epochs"]):
         for x, _y in batches(clean, cfg["batch_size"], generator):
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), autocast(device, fp16=True):
                 own = model(x).argmax(1)
             with autocast(device):
                 loss = -F.cross_entropy(model(x + delta).float(), own) + cfg["reg"] * delta.pow(2).sum()
@@ -101,7 +101,7 @@ class ImplicitBackdoorAdversarialUnlearning(Defense):
                     p.grad = gr.detach()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                with torch.no_grad(), autocast(x.device):
+                with torch.no_grad(), autocast(x.device, fp16=True):
                     total += float(F.cross_entropy(model(x + delta).float(), y)) * len(x)
                 n += len(x)
             rec = {"round": r + 1, "uap_l2": float(delta.norm()), "loss_under_uap": total / n}

@@ -44,7 +44,7 @@ def shared_pgd(model, ref, x, y, cfg: dict, own_ref: torch.Tensor | None = None)
     """Step 1: a shared adversarial perturbation per image (detached). ``own_ref``: the frozen reference's
     labels of ``x``, if the caller has them already."""
     device = x.device
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, fp16=True):
         own = model(x).argmax(1)
         if own_ref is None:
             own_ref = ref(x).argmax(1)
@@ -74,7 +74,7 @@ def sau_loss(model, ref, x, y, pert, lambdas, own_ref: torch.Tensor) -> torch.Te
     xa = (x + pert).clamp(0, 1)
     with autocast(device):
         logits, adv_logits = model(torch.cat([x, xa])).float().split(len(x))
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, fp16=True):
         adv_ref = ref(xa).argmax(1)
     loss_cl = F.cross_entropy(logits, y)
     loss_at = F.cross_entropy(adv_logits, y)
@@ -103,7 +103,7 @@ class SharedAdversarialUnlearning(Defense):
         for epoch in tqdm(range(cfg["epochs"]), desc="sau", disable=None, mininterval=30):
             total, n = 0.0, 0
             for x, y in batches(clean, cfg["batch_size"], g):
-                with torch.no_grad(), autocast(x.device):
+                with torch.no_grad(), autocast(x.device, fp16=True):
                     own_ref = ref(x).argmax(1)  # the reference is frozen: once per batch serves both steps
                 pert = shared_pgd(model, ref, x, y, cfg, own_ref)
                 loss = sau_loss(model, ref, x, y, pert, cfg["lambdas"], own_ref)

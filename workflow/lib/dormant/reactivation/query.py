@@ -32,6 +32,7 @@ precision (bf16 autocast on CUDA) after a calibration against fp32, and replay a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,7 +82,7 @@ class ScoreOracle:
         if precision == "auto":
             precision = "fast" if device.type == "cuda" else "fp32"
         self.precision = precision
-        self._fast = fast or runtime.autocast
+        self._fast = fast or functools.partial(runtime.autocast, fp16=True)  # no gradients
         self._exact = exact or runtime.exact
         self.cuda_graph = bool(cuda_graph)
         self._graphs: dict = {}

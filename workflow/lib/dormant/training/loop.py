@@ -230,7 +230,7 @@ def train(
                 model.train()
             if fmt is torch.channels_last:
                 x = x.contiguous(memory_format=fmt)
-            with autocast(device):
+            with autocast(device, fp16=True):  # backward through the loss scaler
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
                 if extra_loss is not None:
@@ -249,7 +249,7 @@ def train(
                             p.grad.mul_(inv)
                 restore = sharpness(model)
                 opt.zero_grad(set_to_none=True)
-                with autocast(device):
+                with autocast(device, fp16=True):  # backward through the loss scaler
                     again = F.cross_entropy(model(x).float(), y, label_smoothing=cfg["label_smoothing"])
                 scaler.scale(again).backward()
                 restore()
