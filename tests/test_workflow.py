@@ -63,7 +63,9 @@ def test_table_rows_and_invariants(workdir):
     assert df[df.model == "clean"]["der"].isna().all()
     assert df[["c_acc", "asr", "ra", "asr_reactivated", "asr_guaa"]].stack().between(0, 100).all()
     md = (workdir / "results/tiny/report/table.md").read_text()
-    assert md.count("\n") == 2 + 2 * len(TINY_MODELS) and "| badnets | backdoor |" in md
+    table, _, notes = md.partition("\n\nMethod variants:\n\n")
+    assert table.count("\n") == 1 + 2 * len(TINY_MODELS) and "| badnets | backdoor |" in md
+    assert "- BEC: floor of q x C channels" in notes and "transfer columns: the 'mom' variant" in notes
     # min-max BEC over each attack's clean model and defenses: the lowest is 0 and the highest 1 by construction;
     # the backdoored row has none
     mm = df[df.model.isin(["clean", *TINY_DEFENSES])].groupby("attack")["bec_minmax"].agg(["min", "max"])

@@ -69,10 +69,50 @@ def build_table(rows: list[dict], params: dict) -> pd.DataFrame:
     return df[COLUMNS + extra]
 
 
-def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None) -> None:
-    """CSV (for pandas and DVC plots), Markdown (for people) and nested JSON (for ``dvc metrics``)."""
+def method_variants(rows: list[dict], defenses: dict | None, params: dict) -> list[str]:
+    """One line per method whose variant the numbers depend on, read from what the stages recorded (BEC's
+    sidecars, the query searches' precision, the defended models' settings): where this project offers both
+    the reference code's form and another (docs/methods.md), the table says which one it holds."""
+    out = []
+    bec = [read_json(r["bec"]) for r in rows if r.get("bec")]
+    if bec:
+        b = bec[0]
+        out.append(f"BEC: {b.get('channel_rounding', 'round')} of q x C channels per layer (at least 1), TAC ranked on "
+                   f"{b.get('tac_images', b.get('n_images'))} and CKA on {b.get('n_images')} poisoned test images; "
+                   "bec_minmax normalises S over each attack's clean model and its defenses")
+    modes = set()
+    for r in rows:
+        if r.get("query"):
+            for v in read_json(r["query"], keys=("metrics",))["metrics"].values():
+                if isinstance(v, dict) and isinstance(v.get("precision"), dict):
+                    modes.add(v["precision"].get("mode"))
+    if modes:
+        out.append(f"query oracle precision: {', '.join(sorted(m for m in modes if m))}")
+    if any(r.get("transfer") for r in rows):
+        variant = (params.get("report") or {}).get("transfer_variant", TRANSFER_VARIANT)
+        out.append(f"transfer columns: the {variant!r} variant (every variant is in blackbox.csv)")
+    seen = {}
+    for path, who in sorted((defenses or {}).items()):
+        cfg = read_json(path).get("config", {}).get("defense", {})
+        t = cfg.get("type")
+        if t == "pbe":
+            seen[who["defense"]] = f"PBE, {cfg.get('adversarial_schedule', 'every_batch')} adversarial schedule"
+        elif t == "clp":
+            seen[who["defense"]] = f"CLP, {cfg.get('pairing', 'direct')} BN-conv pairing"
+        elif t == "ftsam":
+            seen[who["defense"]] = f"FT-SAM, ASAM ascent with eta {cfg.get('eta')}"
+    out += [f"{name}: {text}" for name, text in sorted(seen.items())]
+    return out
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None, notes: list[str] | None = None) -> None:
+    """CSV (for pandas and DVC plots), Markdown (for people; ``notes`` as a list under it) and nested JSON (for
+    ``dvc metrics``)."""
     write_csv(df, csv_path)
-    write_text(md_path, to_markdown(df))
+    md = to_markdown(df)
+    if notes:
+        md = md.rstrip("\n") + "\n\nMethod variants:\n\n" + "".join(f"- {n}\n" for n in notes)
+    write_text(md_path, md)
     if json_path is not None:
         nested: dict = {}
         for _, r in df.iterrows():

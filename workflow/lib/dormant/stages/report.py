@@ -22,7 +22,7 @@ def report(params: dict, *, rows: list[dict], dataset: str, triggers: dict, tabl
     from dormant.report import table as rep
 
     df = rep.build_table(rows, params)
-    rep.write_table(df, table_csv, table_md, table_json)
+    rep.write_table(df, table_csv, table_md, table_json, notes=rep.method_variants(rows, defenses, params))
     if observations is not None and observation_csv:
         obs = rep.observation_table(observations)
         rep.write_csv(obs[rep.OBSERVATION_COLUMNS], observation_csv)
