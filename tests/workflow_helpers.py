@@ -55,17 +55,21 @@ def run(cmd: list, cwd, check: bool = True, timeout: int = 900, **kw) -> subproc
 
 
 def _is_complete(config: Path, params: Path) -> bool:
+    """Whether ``config`` has every section the schema requires (optional ones such as ``runtime`` may be
+    absent: they have defaults)."""
     try:
         sections = yaml.safe_load(config.read_text())
-        return isinstance(sections, dict) and set(yaml.safe_load(params.read_text())) <= set(sections)
+        schema = params.parent / "workflow" / "schemas" / "params.schema.yaml"
+        required = set(yaml.safe_load(schema.read_text())["required"])
+        return isinstance(sections, dict) and required <= set(sections)
     except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8 or not YAML: not a complete config
         return False
 
 
 def snakemake(cwd, *args, configfile: str | None = "tiny.yaml", check: bool = True, cores: int = 2,
               timeout: int = 900) -> subprocess.CompletedProcess:
-    """Runs Snakemake in ``cwd`` with ``configfile``, unless None. A complete config (every top-level section
-    of params.yaml, as tests/tiny.yaml and the configs derived from it) replaces params.yaml, so that the
+    """Runs Snakemake in ``cwd`` with ``configfile``, unless None. A complete config (every section the schema
+    requires, as tests/tiny.yaml and the configs derived from it) replaces params.yaml, so that the
     default run's entries never leak into a test run; an overlay is merged over params.yaml, as a user's
     would be. The configfile goes last, since ``--configfile`` would swallow targets that follow it."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), *args]
