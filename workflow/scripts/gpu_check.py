@@ -15,16 +15,17 @@ time guard still reports what it measured:
 8. determinism: weight digests of two identical short trainings with the deterministic settings on and off.
 
 ``--smoke`` runs every phase with tiny sizes (synthetic data, tests/tiny.yaml's model) on the CPU in about a
-minute; CI runs it so the script cannot rot. A hard guard (``--budget`` seconds, default 480) stops the run:
+ten seconds; CI runs it so the script cannot rot. A hard guard (``--budget`` seconds, default 480) stops the run:
 each phase is skipped when too little time is left, and an alarm writes the report and exits at the deadline.
 
-    python workflow/scripts/gpu_check.py --archive ../shared/datasets/cifar10-jpeg.tar.gz   # on a GPU machine
-    python workflow/scripts/gpu_check.py --smoke --out /tmp/gpu-check                        # CPU, CI
+    python workflow/scripts/gpu_check.py --archive data/cifar10-jpeg.tar.gz   # on a GPU machine (make gpu-check)
+    python workflow/scripts/gpu_check.py --smoke --out /tmp/gpu-check          # CPU, CI
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -165,6 +166,26 @@ def throughput(arch: str, device, batch: int, steps: int, precision: str = "auto
     """Training (gather, BadNets stamp, crop+flip, forward, backward, SGD) and inference images/s, syncs per step,
     in ``precision`` (``$DORMANT_PRECISION``: auto = the fast precision on CUDA; fp32). Inference goes through the
     metrics' ``predict``, which is fp32 by design, so only the training figure depends on ``precision``."""
+    with _environ(DORMANT_PRECISION=precision):
+        return _throughput(arch, device, batch, steps, precision)
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    """Environment variables set for the duration of a block, the previous values restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _throughput(arch: str, device, batch: int, steps: int, precision: str) -> dict:
     import torch
     from dormant import training
     from dormant.analysis.metrics import predict
@@ -172,20 +193,6 @@ def throughput(arch: str, device, batch: int, steps: int, precision: str = "auto
     from dormant.data.sources import make_synthetic
     from dormant.nets import build_model
 
-    saved = os.environ.get("DORMANT_PRECISION")
-    os.environ["DORMANT_PRECISION"] = precision
-    try:
-        return _throughput(arch, device, batch, steps, precision, torch, training, predict, create_attack,
-                           make_synthetic, build_model)
-    finally:
-        if saved is None:
-            os.environ.pop("DORMANT_PRECISION", None)
-        else:
-            os.environ["DORMANT_PRECISION"] = saved
-
-
-def _throughput(arch, device, batch, steps, precision, torch, training, predict, create_attack, make_synthetic,
-                build_model) -> dict:
     n = steps * batch
     data = make_synthetic(num_classes=10, train_per_class=n // 10 + batch, test_per_class=10, image_size=32, seed=0)
     train = data["train"].to(device)

@@ -203,7 +203,7 @@ def job_work(rule: str, wc: dict, config: dict, *, fast_query: bool = True) -> W
     return w
 
 
-def _checkpoint_every(config: dict, rule: str, wc: dict) -> int:
+def _checkpoint_every(config: dict) -> int:
     """Epochs between resume checkpoints: params.yaml ``runtime.checkpoint_every_epochs`` (the training loop writes
     every N epochs or M minutes, whichever comes first; the minutes bound matters only for epochs longer than
     it, which the plan ignores). Default 10, as ``dormant.runtime.CHECKPOINT_EVERY_EPOCHS``."""
@@ -224,7 +224,7 @@ def busy_seconds(rule: str, wc: dict, config: dict, rates: dict | None = None, *
     for table, slow in ((w.bf16, 1.0), (w.fp32, g["fp32_slowdown"])):
         for arch, passes in table.items():
             compute += passes * s.pixels * rates["macs"][arch] / ref / g["infer_img_per_s"] * slow
-    every = _checkpoint_every(config, rule, wc) if cadence else 1
+    every = _checkpoint_every(config) if cadence else 1
     ck = rates["checkpoint"]
     ckpt = sum(math.ceil(n / every) * 8 * ck["params"][a] / 1e9 / ck["write_gb_per_s"]
                for a, n in w.checkpoints.items())
