@@ -105,7 +105,11 @@ def main(argv=None) -> int:
     if argv[:1] == ["plan"]:  # the cost model: its own arguments, no stage machinery
         from dormant import plan
 
-        return plan.main(argv[1:])
+        try:
+            return plan.main(argv[1:])
+        except DormantError as e:  # a bad config file: one line, as for the stages
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INPUT
     names = load_all()
     for i, a in enumerate(argv):  # the rule's name works as well as the command's
         if not a.startswith("-") and (i == 0 or argv[i - 1] not in ("--device", "--threads")):

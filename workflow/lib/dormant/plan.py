@@ -323,14 +323,14 @@ def dag_jobs(configfiles: list[str], profile: str | None = None, snakemake: str 
 
 
 def read_config(configfiles: list[str]) -> dict:
-    """The config as Snakemake builds it here: params.yaml, or the --configfile files merged in order."""
-    import yaml
+    """The config as Snakemake builds it here: params.yaml, or the --configfile files merged in order, each read
+    as strictly as the workflow reads it (:func:`dormant.config.read_file`: a clear error naming the file)."""
+    from dormant.config import read_file
 
     files = configfiles or [str(REPO / "params.yaml")]
     cfg: dict = {}
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            _merge(cfg, yaml.safe_load(fh) or {})
+        _merge(cfg, read_file(f))
     return cfg
 
 
