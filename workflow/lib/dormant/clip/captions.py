@@ -6,7 +6,7 @@ per image from the material in ``captions.yaml`` (templates, class synonyms, adj
 classification (CLIP, Radford et al. 2021, section 3.1.4) averages the text embeddings of one class's prompts
 over a set of templates; :func:`zeroshot_templates` gives either this project's held-out templates (none is
 a training template) or the 80 ImageNet templates of OpenAI's CLIP that BadCLIP/CleanCLIP evaluate with.
-CleanCLIP (Bansal et al., ICCV 2023, section 3) compares each caption with an augmented view made by EDA
+CleanCLIP (Bansal et al., ICCV 2023) compares each caption with an augmented view made by EDA
 (Wei and Zou, EMNLP 2019): :func:`eda` makes one such edit per caption, drawing synonyms from the table in
 ``captions.yaml`` instead of WordNet (which is not available offline) -- a deviation from the paper.
 """
