@@ -18,16 +18,17 @@ LAYERS = [1, 2, 1, 1]
 
 def tiny_clip(seed: int = 0, layers=None) -> torch.nn.Module:
     """A 40K-parameter CLIP with open_clip's ModifiedResNet image tower (builds in milliseconds)."""
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(layers=layers or LAYERS, width=8, image_size=32,
-                                                         head_width=8),
-                           text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=2, layers=1))
-    with torch.no_grad():  # distinct BatchNorm statistics too, so that buffers are checked as well as weights
-        for name, buf in model.named_buffers():
-            if name.endswith(("running_mean", "running_var")):
-                buf.uniform_(0.5, 1.5)
-            elif name.endswith("num_batches_tracked"):
-                buf.fill_(seed + 7)
+    with torch.random.fork_rng():  # seeded without changing the global generator of the other tests
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(layers=layers or LAYERS, width=8, image_size=32,
+                                                             head_width=8),
+                               text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=2, layers=1))
+        with torch.no_grad():  # distinct BatchNorm statistics too, so that buffers are checked like weights
+            for name, buf in model.named_buffers():
+                if name.endswith(("running_mean", "running_var")):
+                    buf.uniform_(0.5, 1.5)
+                elif name.endswith("num_batches_tracked"):
+                    buf.fill_(seed + 7)
     return model.eval()
 
 
