@@ -9,7 +9,8 @@ PROFILE ?= profiles/slurm
 ARCHIVE ?= data/cifar10-jpeg.tar.gz
 PAPER  := --configfile config/paper.yaml --replace-workflow-config
 
-.PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster gpu-check
+.PHONY: setup run test lint dryrun-paper grid attacks restore cluster paper-cluster dryrun-paper-cluster gpu-check clip \
+        dryrun-clip-paper
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,15 @@ lint: setup
 
 dryrun-paper: setup
 	$(BIN)/snakemake -n --quiet rules $(PAPER)
+
+# The CLIP track, tiny and offline (config/clip.yaml; docs/results.md "The CLIP track"): a small CLIP trained on the
+# demo images with generated captions, BadNets and Blended, CleanCLIP and FT, every analysis; results/clip/report/.
+clip: setup
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/clip.yaml --replace-workflow-config
+
+# The CLIP paper preset's DAG (config/clip-paper.yaml): expands without its weights and data present.
+dryrun-clip-paper: setup
+	$(BIN)/snakemake -n --quiet rules --configfile config/clip-paper.yaml --replace-workflow-config
 
 # The attack x defense grid on the CPU (config/grid.yaml; docs/benchmarks.md): defended models and their
 # metrics only, then results/grid/report/defense_grid.{csv,md,png}.

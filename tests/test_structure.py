@@ -128,7 +128,8 @@ def test_codedeps_resolves_relative_and_absolute_imports(tmp_path):
 
 def test_plugin_modules_are_named_like_what_they_register():
     assert ATTACKS.names() == ["badnets", "blended", "input_aware", "lf", "sig", "ssba", "trojannn", "wanet"]
-    assert DEFENSES.names() == ["aft", "anp", "clp", "fp", "fst", "ft", "ftsam", "ibau", "nad", "nc", "pbe", "sau"]
+    assert DEFENSES.names() == ["aft", "anp", "cleanclip", "clp", "fp", "fst", "ft", "ftsam", "ibau", "nad", "nc", "pbe",
+                                "sau"]
     for name, cls in {**ATTACKS.load_all(), **DEFENSES.load_all()}.items():
         assert cls.__module__.rsplit(".", 1)[1] == name
 
@@ -199,7 +200,7 @@ def test_shipped_attack_entries_use_only_declared_keys(path):
     for name, entry in (cfg.get("attacks") or {}).items():
         cls = ATTACKS.get(entry["type"])
         assert set(entry) - {"type", "ratio", "target"} <= set(cls.defaults), (path.name, name)
-        atk = cls(entry, (3, 32, 32), 10)
+        atk = cls(entry, (3, 32, 32), max(10, entry["target"] + 1))
         assert atk.params == {**cls.defaults, **{k: v for k, v in entry.items() if k not in cls.common_keys}}
 
 

@@ -63,7 +63,7 @@ rule train_surrogate:
         trigger=trigger_file(),
         code=code("train_surrogate"),
     params:
-        p=lambda w: as_json({"model": {"arch": w.arch}, "train": config["train"], "seed": ATTACKER_SEED}),
+        p=lambda w: as_json(with_clip({"model": {"arch": w.arch}, "train": config["train"], "seed": ATTACKER_SEED})),
         ckpt=resume_file("attacker_{attack}_{arch}_backdoor"),
     log:
         log_file("train_surrogate_{attack}_{arch}"),

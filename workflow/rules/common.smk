@@ -71,6 +71,14 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+CLIP = config.get("clip")  # the CLIP track (docs/methods.md section 9): its section goes to the stages it changes
+
+
+def with_clip(params):
+    """A stage's params plus the ``clip`` section on the CLIP track."""
+    return {**params, "clip": CLIP} if CLIP is not None else params
+
+
 def attack_type(attack):
     return config["attacks"][attack]["type"]
 

@@ -9,7 +9,7 @@ rule prepare_data:
     input:
         code=code("prepare_data"),
     params:
-        p=lambda w: as_json({"data": config["data"], "seed": config["seed"]}),
+        p=lambda w: as_json(with_clip({"data": config["data"], "seed": config["seed"]})),
     log:
         log_file("prepare_data"),
     benchmark:
@@ -78,7 +78,7 @@ rule trigger:
         resource=lambda w: resource_file(w.attack) if attack_class(w.attack).resource_stage else [],
         code=code("trigger"),
     params:
-        p=lambda w: as_json({"attack": config["attacks"][w.attack], "name": w.attack, "seed": config["seed"]}),
+        p=lambda w: as_json(with_clip({"attack": config["attacks"][w.attack], "name": w.attack, "seed": config["seed"]})),
         resource=lambda w, input: f"--resource {input.resource}" if input.resource else "",
     log:
         log_file("trigger_{attack}"),

@@ -2,7 +2,7 @@
 # ones everything else waits for. Each job resumes from its epoch checkpoint under resume/ if interrupted.
 # Stages: workflow/lib/dormant/stages/models.py (one function per rule, same name).
 
-TRAIN_PARAMS = lambda w: as_json({"model": config["model"], "train": config["train"], "seed": config["seed"]})
+TRAIN_PARAMS = lambda w: as_json(with_clip({"model": config["model"], "train": config["train"], "seed": config["seed"]}))
 
 
 rule train_clean:

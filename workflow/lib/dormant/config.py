@@ -296,6 +296,7 @@ def _semantic_checks(cfg: dict) -> list[str]:
         if size > MAX_SYNTHETIC_BYTES:
             msgs.append(f"data.synthetic: {n} images of {s.get('image_size', 32)}px would take {size / 2**30:.0f} GiB "
                         f"(at most {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB)")
+    msgs += _track_checks(cfg)
     if cfg["seed"] + cfg["transfer"]["seed_offset"] >= 2**63:
         msgs.append("transfer.seed_offset: seed + seed_offset must stay below 2**63")
     if msgs:
@@ -303,6 +304,44 @@ def _semantic_checks(cfg: dict) -> list[str]:
     classes, side = dataset_facts(d)
     msgs += _budget_checks(cfg, side)
     msgs += _build_checks(cfg, classes, side)
+    return msgs
+
+
+def _track_checks(cfg: dict) -> list[str]:
+    """The CLIP track (a ``clip`` section) and the classifier track do not mix: architectures, defenses and
+    attacks must all belong to the config's track (docs/methods.md section 9)."""
+    from dormant.attacks import ATTACKS
+    from dormant.attacks.base import Attack
+    from dormant.clip.specs import is_clip
+    from dormant.defenses import DEFENSES
+
+    msgs = []
+    track = "clip" if cfg.get("clip") is not None else "classifier"
+    want = "a CLIP architecture (clip_tiny, clip_rn50)" if track == "clip" else "a classifier architecture"
+    archs = [("model.arch", cfg["model"]["arch"])] + [(f"transfer.surrogates.{n}.arch", s["arch"])
+                                                      for n, s in cfg["transfer"]["surrogates"].items()]
+    for key, arch in archs:
+        if is_clip(arch) != (track == "clip"):
+            msgs.append(f"{key}: {arch!r} is not {want}: the {track} track "
+                        f"({'a clip section is present' if track == 'clip' else 'no clip section'})")
+    for where, sec in _defense_sections(cfg):
+        for name, entry in sec.items():
+            if entry["type"] in DEFENSES and DEFENSES.get(entry["type"]).models != track:
+                msgs.append(f"{where}.{name}: type {entry['type']!r} defends {DEFENSES.get(entry['type']).models} "
+                            f"models, this config is of the {track} track")
+    if track == "clip":
+        c = cfg["clip"]
+        if c["captions"] == "path" and not c.get("pairs"):
+            msgs.append("clip.pairs: must be set when clip.captions is 'path'")
+        if c["captions"] == "generated" and cfg["data"]["dataset"] == "imagenet":
+            msgs.append("clip.captions: 'generated' needs a labelled training split; the imagenet dataset has none "
+                        "(use captions: path)")
+        for name, entry in cfg["attacks"].items():
+            cls = ATTACKS.get(entry["type"]) if entry["type"] in ATTACKS else None
+            if cls is not None and (cls.resource_stage or cls.draw_batch is not Attack.draw_batch
+                                    or cls.poisoned_trainset is not Attack.poisoned_trainset):
+                msgs.append(f"attacks.{name}: type {entry['type']!r} is not a data-poisoning attack with a fixed "
+                            "trigger; the CLIP track poisons released pairs (badnets, blended, sig)")
     return msgs
 
 

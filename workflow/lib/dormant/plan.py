@@ -95,7 +95,10 @@ def _defense_work(w: Work, arch: str, cfg: dict, n_clean: int, n_train: int, cla
     """Image-passes of one defense, from its config (docs/methods.md section 5); a PGD step is a training step."""
     t = cfg["type"]
     ep = cfg.get("epochs", 0)
-    if t in ("ft", "fp", "fst"):
+    if t == "cleanclip":  # the in-modal views double the image passes (the text tower is not counted)
+        w.train(arch, n_clean, ep, passes=2 if cfg.get("lambda_ss", 1.0) else 1)
+        w.ckpt(arch, ep)
+    elif t in ("ft", "fp", "fst"):
         w.train(arch, n_clean, ep)
         if t == "fp":  # the pruning sweep evaluates the held-out split once per step of 1/step levels
             w.infer(arch, n_clean * cfg.get("holdout", 0.2) * math.ceil(1 / cfg.get("step", 0.01)))

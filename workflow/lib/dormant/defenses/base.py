@@ -24,6 +24,8 @@ class Defense:
     """Subclasses implement :meth:`run`. ``cfg`` is the defense's params.yaml entry."""
 
     data_access = "clean_subset"
+    #: the models it defends: "classifier" (trained with labels) or "clip" (a CLIP adapter, with captions)
+    models = "classifier"
     #: every key of the defense's params.yaml entry with its default: declared here once; the JSON schema
     #: allows exactly these keys (a test checks it) and a missing key takes this value
     defaults: dict = {}

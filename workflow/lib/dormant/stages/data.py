@@ -18,6 +18,10 @@ def prepare_data(params: dict, *, dataset: str) -> None:
     from dormant.data.sources import fixed_label_space, load_source
 
     sets = load_source(params["data"])
+    if params.get("clip") is not None:  # the CLIP track: the training split becomes image-caption pairs
+        from dormant.clip.pairs import caption_training_split
+
+        sets = caption_training_split(sets, params["data"], params["clip"], params["seed"])
     meta = {"source": params["data"]["source"], "n_train": len(sets["train"]), "n_test": len(sets["test"]),
             "image_shape": list(sets["train"].image_shape)}
     if fixed_label_space(params["data"]):
@@ -75,6 +79,13 @@ def trigger(params: dict, *, dataset: str, trigger: str, resource: str | None = 
             raise DataError(f"attacks.{params['name']}: type {cfg['type']!r} needs its resource file (--resource)")
         resources = load_resources(resource, cfg)
     atk = create_attack(cfg, sets["train"].x, sets["train"].y, sets["train"].num_classes, params["seed"], resources)
+    if params.get("clip") is not None:  # exactly N pairs whose caption is not of the target class
+        import torch
+
+        from dormant.clip.poison import select_pairs
+
+        select_pairs(atk, sets["train"].y, params["clip"].get("poison_count"),
+                     torch.Generator().manual_seed(params["seed"]))
     n_p = len(atk.poison_index)
     already_target = int((sets["train"].y[atk.poison_index] == atk.target).sum())
     info = {"n_poison": n_p, "poison_ratio": n_p / len(sets["train"]), "poison_already_target": already_target}

@@ -19,6 +19,7 @@ def fit(params: dict, *, dataset: str, model: str, trigger: str | None, trained_
 
     from dormant.analysis.metrics import evaluate
     from dormant.attacks import load_attack, save_attack
+    from dormant.clip.specs import is_clip
     from dormant.data.imageset import load_dataset
     from dormant.nets import build_model
     from dormant.nets.checkpoint import save_model
@@ -26,13 +27,19 @@ def fit(params: dict, *, dataset: str, model: str, trigger: str | None, trained_
 
     sets = load_dataset(dataset, device)
     train_set, test_set = sets["train"], sets["test"]
-    torch.manual_seed(params["seed"])
-    net = build_model(params["model"]["arch"], train_set.num_classes).to(device)
     atk = load_attack(trigger, device, n_train=len(train_set)) if trigger else None
-    mask = atk.poison_mask(len(train_set), device) if atk is not None else None
-    history = train(net, train_set, params["train"], seed=params["seed"], attack=atk, poison_mask=mask,
-                    checkpoint=checkpoint, eval_fn=lambda m: evaluate(m, test_set, atk),
-                    learn_attack=trained_trigger is not None, desc="backdoor" if atk else "clean")
+    extra = {}
+    if is_clip(params["model"]["arch"]):  # contrastive training on the image-caption pairs (section 9)
+        from dormant.clip.fit import fit_clip
+
+        net, history, extra = fit_clip(params, sets, atk, checkpoint=checkpoint, device=device)
+    else:
+        torch.manual_seed(params["seed"])
+        net = build_model(params["model"]["arch"], train_set.num_classes).to(device)
+        mask = atk.poison_mask(len(train_set), device) if atk is not None else None
+        history = train(net, train_set, params["train"], seed=params["seed"], attack=atk, poison_mask=mask,
+                        checkpoint=checkpoint, eval_fn=lambda m: evaluate(m, test_set, atk),
+                        learn_attack=trained_trigger is not None, desc="backdoor" if atk else "clean")
     metrics = evaluate(net, test_set, atk)
     if trained_trigger:
         save_attack(atk, trained_trigger, {"trained_with": model, "learned": atk.learns_in_training})
@@ -40,7 +47,7 @@ def fit(params: dict, *, dataset: str, model: str, trigger: str | None, trained_
             params, params["seed"], {**metrics, "learned_in_training": atk.learns_in_training,
                                      "n_poison": len(atk.poison_index)}, trained_with=model))
     save_model(net, model, arch=params["model"]["arch"], num_classes=train_set.num_classes, config=params,
-               seed=params["seed"], metrics=metrics, history=history)
+               seed=params["seed"], metrics=metrics, history=history, **extra)
     log.info("final metrics %s", metrics)
 
 

@@ -18,21 +18,28 @@ log = logging.getLogger("dormant.training")
 
 
 def _optimizer_tensors(model, opt) -> dict[str, torch.Tensor]:
+    """Every tensor of the optimiser's per-parameter state: SGD's momentum buffer as ``opt.<param>`` (the
+    historical key), any other entry (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) as ``optstate.<entry>.<param>``."""
     names = {p: n for n, p in model.named_parameters()}
     out = {}
     for group in opt.param_groups:
         for p in group["params"]:
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                out[f"opt.{names[p]}"] = buf
+            for key, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    out[f"opt.{names[p]}" if key == "momentum_buffer" else f"optstate.{key}.{names[p]}"] = v
     return out
 
 
 def _load_optimizer_tensors(model, opt, tensors) -> None:
+    entries = {k.split(".", 2)[1] for k in tensors if k.startswith("optstate.")}
     for n, p in model.named_parameters():
         key = f"opt.{n}"
         if key in tensors:
             opt.state[p]["momentum_buffer"] = tensors[key].to(p.device, p.dtype).clone()
+        for entry in entries:
+            t = tensors.get(f"optstate.{entry}.{n}")
+            if t is not None:  # AdamW keeps ``step`` as a float32 CPU scalar: keep its own dtype and device
+                opt.state[p][entry] = t.clone() if t.dim() == 0 else t.to(p.device, p.dtype).clone()
 
 
 def save_checkpoint(path, model, opt, epoch: int, generator: torch.Generator, history: list, cfg_key: str,
