@@ -156,8 +156,11 @@ def test_webdataset_shards_in_order_with_limit(tmp_path):
     assert text == ["first", "caf\u00e9 second", "third"] and x.shape == (3, 3, 5, 5)
     assert [_close(img, c) for img, c in zip(x, COLOURS)] == [True] * 3
     assert read_pairs(d / "00000.tar", 5, limit=1)[1] == ["first"]
-    _shard(d / "00002.tar", [("000003.png", _png(COLOURS[3]))])
-    with pytest.raises(DataError, match=r"00002\.tar: sample '000003' has no 000003\.txt caption"):
+    with tarfile.open(d / "00002.tgz", "w:gz") as tar:
+        tar.add(d / "00001.tar", arcname="ignored.bin")  # a member that is neither image nor caption
+    assert read_pairs(d, 5)[1] == ["first", "caf\u00e9 second", "third"]
+    _shard(d / "00003.tar", [("000003.png", _png(COLOURS[3]))])
+    with pytest.raises(DataError, match=r"00003\.tar: sample '000003' has no 000003\.txt caption"):
         read_pairs(d, 5)
 
 

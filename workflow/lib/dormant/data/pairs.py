@@ -7,9 +7,10 @@ Two formats:
   columns are ignored. The separator is a tab when the header line holds one, else a comma; fields follow
   the CSV quoting rules (a caption with a comma or a line break is quoted). Image paths are relative to the
   file's folder (absolute paths are kept);
-* WebDataset shards: a ``.tar`` file, or a folder of them (read in name order), whose members are grouped by
-  key (the member path up to the first dot of its file name) into ``<key>.jpg|jpeg|png|webp`` + ``<key>.txt``;
-  other members (``.json``, ``.cls``...) are ignored. Meant for small sets: the images are read into memory.
+* WebDataset shards: a ``.tar`` (or ``.tar.gz``/``.tgz``) file, or a folder of them (read in name order),
+  whose members are grouped by key (the member path up to the first dot of its file name) into
+  ``<key>.jpg|jpeg|png|webp`` + ``<key>.txt``; other members (``.json``, ``.cls``...) are ignored. Meant for
+  small sets: the encoded images of all shards are held in memory until decoded.
 
 Every image is decoded once, its shorter side resized to ``image_size`` and the centre square kept (CLIP's
 evaluation preprocessing, as the zero-shot test set), into one preallocated uint8 tensor. Captions are put on
@@ -34,6 +35,7 @@ from dormant.errors import DataError
 #: accepted (image column, caption column) header names, in order of preference
 COLUMNS = (("filepath", "title"), ("image", "caption"))
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _MAX_NAMED = 5
 
 
@@ -47,7 +49,7 @@ def read_pairs(path: str | os.PathLike, image_size: int, limit: int | None = Non
         raise DataError(f"image size must be a positive integer, got {image_size!r}")
     if not p.exists():
         raise DataError(f"image-caption pairs not found: {p}")
-    if p.is_dir() or p.name.lower().endswith(".tar"):
+    if p.is_dir() or p.name.lower().endswith(SHARD_SUFFIXES):
         items, captions = _shard_items(p, limit)
     else:
         items, captions = _table_items(p, limit)
@@ -120,7 +122,8 @@ def _shard_key(name: str) -> tuple[str, str]:
 
 def _shard_items(p: Path, limit: int | None):
     """(name, read) items and captions of WebDataset shards (one .tar or a folder of them), in shard order."""
-    shards = sorted(f for f in p.glob("*.tar") if f.is_file()) if p.is_dir() else [p]
+    shards = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(SHARD_SUFFIXES)) \
+        if p.is_dir() else [p]
     if not shards:
         raise DataError(f"{p}: no .tar shards in this folder (expected WebDataset shards of <key>.jpg + <key>.txt)")
     items, captions = [], []
