@@ -406,7 +406,10 @@ def test_imagenet_paths_wait_for_the_run_not_the_dry_run(tiny_params):
     tiny_params["data"].update(dataset="imagenet", source="path", path="/nonexistent/val",
                                labels="/nonexistent/LOC_val_solution.csv", image_size=32)
     validate(tiny_params)
-    tiny_params["data"].update(dataset="cifar10", path="/nonexistent/cifar")
+    tiny_params["data"]["source"] = "demo"
+    with pytest.raises(Exception, match="data.source: ImageNet validation is read from a folder only"):
+        validate(tiny_params)
+    tiny_params["data"].update(dataset="cifar10", source="path", path="/nonexistent/cifar")
     with pytest.raises(Exception, match="data.labels: only data.dataset imagenet reads a label file"):
         validate(tiny_params)
 
