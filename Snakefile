@@ -23,6 +23,17 @@ include: "workflow/rules/blackbox.smk"
 include: "workflow/rules/report.smk"
 
 
+# The user's input paths (ImageNet, image-caption pairs, pretrained weights) are checked when a run starts, before
+# its first job, never in a dry run (`snakemake -n` expands a preset without them): one line naming each missing
+# path with its config key, exit 2 (dormant.userpaths).
+onstart:
+    from dormant.userpaths import check_user_paths, missing_paths_message
+
+    _missing = check_user_paths(config)
+    if _missing:
+        _fail(missing_paths_message(_missing, CONFIG_SOURCES))
+
+
 rule all:
     input:
         REPORT_FILES,

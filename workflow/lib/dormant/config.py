@@ -155,6 +155,8 @@ def dataset_facts(d: dict) -> tuple[int | None, int | None]:
         return s.get("num_classes", 10), s.get("image_size", 32)
     if ds == "gtsrb":
         return 43, d.get("image_size") or 32
+    if ds == "imagenet":
+        return None, d.get("image_size") or 224  # a partial copy has fewer than 1000 classes
     if ds == "cifar10" and d.get("source") == "path":
         p = Path(str(d.get("path") or "")).expanduser()
         root = _layout_root(p) if d.get("path") and p.is_dir() else None
@@ -164,11 +166,15 @@ def dataset_facts(d: dict) -> tuple[int | None, int | None]:
 
 
 def _check_data_path(d: dict) -> list[str]:
-    """data.path exists and has the layout its dataset reads (a quick look, no image is decoded)."""
+    """data.path exists and has the layout its dataset reads (a quick look, no image is decoded). ImageNet's
+    folder and label file are checked before the first job instead (:mod:`dormant.userpaths`), so that a preset
+    naming them expands with ``snakemake -n`` on a machine without them."""
     if d["source"] != "path":
         return []
     if not d.get("path"):
         return ["data.path: must be set when data.source is 'path'"]
+    if d["dataset"] == "imagenet":
+        return []
     p = Path(d["path"]).expanduser()
     if not p.exists():
         return [f"data.path: dataset not found: {d['path']}"]
@@ -287,6 +293,10 @@ def _semantic_checks(cfg: dict) -> list[str]:
         msgs.append("data.dataset: 'synthetic' goes with data.source 'synthetic' and only with it")
     if d["dataset"] == "tiny_imagenet" and d["source"] != "path":
         msgs.append("data.source: Tiny-ImageNet is read from its zip or folder only (source: path)")
+    if d["dataset"] == "imagenet" and d["source"] != "path":
+        msgs.append("data.source: ImageNet validation is read from a folder only (source: path)")
+    if d.get("labels") and d["dataset"] != "imagenet":
+        msgs.append(f"data.labels: only data.dataset imagenet reads a label file (dataset: {d['dataset']})")
     if d["dataset"] == "gtsrb" and d["source"] not in ("path", "torchvision"):
         msgs.append(f"data.source: {d['source']!r} is not available for GTSRB (torchvision or path)")
     if d["dataset"] == "synthetic":

@@ -12,6 +12,10 @@ Sources (``data.source`` in params.yaml):
 * ``gtsrb``         -- source ``torchvision`` downloads GTSRB into ``data.root``; source ``path`` reads
   torchvision's ``gtsrb/`` layout under ``data.path`` (images resized to 32x32; see gtsrb.py)
 * ``tiny_imagenet`` -- source ``path`` only: ``tiny-imagenet-200.zip`` or its extracted folder (test = val)
+* ``imagenet``      -- source ``path`` only: ImageNet-1K validation, the CLIP track's zero-shot test set
+  (class folders, or a flat folder plus ``data.labels``; shorter side resized to ``data.image_size``, default
+  224, then centre-cropped; see imagenet.py). :func:`load_source` returns ``{"test": ImageSet}`` alone for
+  it: the train split is the image-caption pairs (``dormant.data.pairs.read_pairs``, labels -1)
 
 Whatever the source, the result is an :class:`ImageSet` pair (train, test) of ``uint8 [N, C, H, W]``
 images and ``int64 [N]`` labels that the pipeline writes once to a safetensors file and keeps on the
@@ -181,7 +185,7 @@ def make_synthetic(num_classes: int = 10, train_per_class: int = 100, test_per_c
 
 
 def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
-    """GTSRB and Tiny-ImageNet (their own modules) by ``cfg['source']``."""
+    """GTSRB, Tiny-ImageNet and ImageNet (their own modules) by ``cfg['source']``."""
     from dormant.data.gtsrb import load_gtsrb
     from dormant.data.tiny_imagenet import load_tiny_imagenet
 
@@ -189,6 +193,13 @@ def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
     tr, te = cfg.get("train_per_class"), cfg.get("test_per_class")
     if src == "path" and not cfg.get("path"):
         raise DataError(f"data.path must be set when data.source is 'path' (data.dataset: {dataset})")
+    if dataset == "imagenet":
+        from dormant.data.imagenet import load_imagenet
+
+        if src != "path":
+            raise DataError("data.source: ImageNet validation is read from a folder only (source: path)")
+        labels = os.path.expanduser(cfg["labels"]) if cfg.get("labels") else None
+        return {"test": load_imagenet(os.path.expanduser(cfg["path"]), labels, cfg.get("image_size") or 224, te)}
     if dataset == "gtsrb":
         size = cfg.get("image_size") or 32
         if src == "torchvision":
@@ -204,7 +215,8 @@ def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
         if src == "path":
             return load_tiny_imagenet(os.path.expanduser(cfg["path"]), train_per_class=tr, test_per_class=te)
     else:
-        raise DataError(f"data.dataset: unknown dataset {dataset!r} (cifar10, synthetic, gtsrb, tiny_imagenet)")
+        raise DataError(f"data.dataset: unknown dataset {dataset!r} (cifar10, synthetic, gtsrb, tiny_imagenet, "
+                        "imagenet)")
     raise DataError(f"data.source: {src!r} is not available for data.dataset {dataset!r} (use torchvision or path)")
 
 
@@ -212,7 +224,8 @@ def _load_other_dataset(dataset: str, cfg: dict) -> dict[str, ImageSet]:
 def load_source(cfg: dict) -> dict[str, ImageSet]:
     """Dispatch on ``cfg['dataset']`` (default cifar10) and ``cfg['source']`` (the ``data`` section of params.yaml);
     the result is checked (:func:`dormant.data.imageset.check_sets`: two classes or more, none empty, labels in
-    range)."""
+    range). Returns ``{"train", "test"}``, except for dataset ``imagenet``: ``{"test"}`` alone (a zero-shot test
+    set; the caller builds the train split from image-caption pairs)."""
     from dormant.data.imageset import check_sets
 
     where = cfg.get("path") if cfg.get("source") == "path" else f"data.source {cfg.get('source')!r}"
