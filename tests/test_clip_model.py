@@ -182,3 +182,60 @@ def test_reactivation_and_query_budgets_on_the_adapter(norm, eps):
     assert out["queries"] <= 25 and oracle.queries <= 25
     d = out["delta"]
     assert (d.abs().max() if norm == "linf" else d.flatten().norm()) <= eps + 1e-5
+
+
+class _FixedText(torch.nn.Module):
+    """A stand-in text tower: token row -> a fixed vector per first word id (for hand-checked prompt ensembles)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def text_features(self, tokens):
+        return F.normalize(self.table[tokens[:, 1]], dim=-1)
+
+
+def test_prompt_ensemble_is_the_normalised_mean_of_normalised_embeddings():
+    from dormant.clip.zeroshot import class_embeddings
+
+    table = torch.tensor([[0.0, 0, 0], [0, 0, 0], [3.0, 0, 0], [0, 2.0, 0], [1.0, 1.0, 0], [0, 0, 5.0]])
+    tokens = torch.zeros(2, 2, 4, dtype=torch.long)
+    tokens[0, 0, 1], tokens[0, 1, 1] = 2, 3  # class 0: prompts embedded as (1,0,0) and (0,1,0)
+    tokens[1, 0, 1], tokens[1, 1, 1] = 4, 5  # class 1: (1,1,0)/sqrt2 and (0,0,1)
+    w = class_embeddings(_FixedText(table), tokens)
+    r2 = 1 / math.sqrt(2)
+    want0 = torch.tensor([r2, r2, 0.0])
+    m1 = torch.tensor([r2 / 2, r2 / 2, 0.5])
+    assert torch.allclose(w[0], want0, atol=1e-6)
+    assert torch.allclose(w[1], m1 / m1.norm(), atol=1e-6)
+
+
+def test_pair_poisoning_picks_exactly_n_non_target_pairs_and_rewrites_their_captions():
+    from dormant.attacks import build_attack
+    from dormant.clip.captions import class_synonyms, split_words
+    from dormant.clip.poison import poisoned_pairs, select_pairs
+    from dormant.data.imageset import ImageSet
+    from dormant.errors import ConfigError
+
+    classes = ["airplane", "automobile", "bird", "cat"]
+    y = torch.tensor([0, 1, 2, 3, -1] * 8)
+    train = ImageSet(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), y, classes, text=[f"pair {i}" for i in range(40)])
+    atk = build_attack({"type": "badnets", "ratio": 0.25, "target": 0, "patch_size": 3, "value": 1.0}, (3, 32, 32), 4)
+    idx = select_pairs(atk, y, None, torch.Generator().manual_seed(0))
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10 and not bool((y[idx] == 0).any())
+    assert len(select_pairs(atk, y, 32, torch.Generator().manual_seed(0))) == 32  # every non-target pair
+    with pytest.raises(ConfigError, match="poison_count"):
+        select_pairs(atk, y, 33, torch.Generator().manual_seed(0))
+    select_pairs(atk, y, 7, torch.Generator().manual_seed(1))
+    x, caps = poisoned_pairs(train, atk, {"poison_captions": "train"}, seed=0)
+    hit = set(atk.poison_index.tolist())
+    assert sum(c != f"pair {i}" for i, c in enumerate(caps)) == 7
+    for i in range(40):
+        if i in hit:
+            assert set(class_synonyms("airplane")) & set(split_words(caps[i])), caps[i]
+            assert int(x[i, :, -3:, -3:].min()) == 255  # the 3x3 white patch in the corner
+        else:
+            assert caps[i] == f"pair {i}" and int(x[i].max()) == 0
+    _, openai = poisoned_pairs(train, atk, {"poison_captions": "openai"}, seed=0)
+    assert all("airplane" in openai[i] for i in hit)

@@ -128,8 +128,8 @@ def test_codedeps_resolves_relative_and_absolute_imports(tmp_path):
 
 def test_plugin_modules_are_named_like_what_they_register():
     assert ATTACKS.names() == ["badnets", "blended", "input_aware", "lf", "sig", "ssba", "trojannn", "wanet"]
-    assert DEFENSES.names() == ["aft", "anp", "cleanclip", "clp", "fp", "fst", "ft", "ftsam", "ibau", "nad", "nc", "pbe",
-                                "sau"]
+    assert DEFENSES.names() == ["aft", "anp", "cleanclip", "clp", "fp", "fst", "ft", "ftsam", "ibau", "nad", "nc",
+                                "pbe", "sau"]
     for name, cls in {**ATTACKS.load_all(), **DEFENSES.load_all()}.items():
         assert cls.__module__.rsplit(".", 1)[1] == name
 

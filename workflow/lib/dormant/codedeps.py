@@ -161,7 +161,15 @@ def code_files(stage: str, *, attacks=(), defenses=()) -> list[str]:
     return _files(stage, plugins)
 
 
+#: data files a module reads at run time (package data): an edit of one reruns what imports the module
+MODULE_DATA = {"dormant.clip.captions": ("captions.yaml",), "dormant.plan": ("plan_rates.yaml",)}
+
+
 @functools.cache
 def _files(stage: str, plugins: tuple[str, ...]) -> list[str]:
-    files = {module_file(m) for m in stage_modules(stage, plugins)}
+    mods = stage_modules(stage, plugins)
+    files = {module_file(m) for m in mods}
+    for m in mods:
+        for name in MODULE_DATA.get(m, ()):
+            files.add(module_file(m).parent / name)
     return sorted(str(f.relative_to(REPO_ROOT)) for f in files if f is not None)

@@ -1,8 +1,9 @@
 """Pretrained CLIP weights from a user path, loaded without running anything stored in the file, and the
 image-tower layers that BEC and the re-activation attacks analyse.
 
-The paper preset fine-tunes and evaluates OpenAI's CLIP RN50 as BadCLIP/CleanCLIP do (issue 17). Its weights
-reach us in one of these forms; every one is read into an ``open_clip.CLIP`` built by the caller:
+The paper preset fine-tunes and evaluates OpenAI's CLIP RN50 as BadCLIP/CleanCLIP do (docs/methods.md
+section 9). Its weights reach us in one of these forms; every one is read into an ``open_clip.CLIP`` built by
+the caller:
 
 - **safetensors** (preferred; e.g. a converted OpenAI or open_clip checkpoint);
 - **a torch.save pickle** read by ``torch.load(weights_only=True)`` only, so it may hold tensors and plain
