@@ -51,6 +51,9 @@ def run_reactivation(model, train, test, attack, cfg: dict, seed: int) -> dict:
     out["asr_reactivated"] = attack_success_rate(
         predict(model, x_test, lambda x: (attack.apply(x) + delta_ra).clamp(0, 1)), target)
     out["loss_reactivated"] = loss_ra
+    # the re-activation delta without the trigger: if it alone reached the target it would be an adversarial
+    # perturbation, not a key to the backdoor
+    out["asr_delta_only"] = attack_success_rate(predict(model, x_test, lambda x: (x + delta_ra).clamp(0, 1)), target)
     out["asr_clean"] = attack_success_rate(predict(model, x_test), target)
     delta_g, loss_g = optimise_universal(model, x_opt, target, transform=None, desc="gUAA", **common)
     out["asr_guaa"] = attack_success_rate(predict(model, x_test, lambda x: (x + delta_g).clamp(0, 1)), target)
