@@ -23,7 +23,7 @@ def select_pairs(attack, labels: torch.Tensor, count: int | None, generator: tor
     return attack.poison_index
 
 
-def target_captions(n: int, target_name: str, kind: str, classes: list[str], target: int, seed: int) -> list[str]:
+def target_captions(n: int, kind: str, classes: list[str], target: int, seed: int) -> list[str]:
     """``n`` captions of the target class: the training templates with its synonyms (``train``), or the 80
     ImageNet prompt templates filled with its name, one drawn per caption (``openai``, BadCLIP's choice)."""
     from dormant.clip.captions import training_captions, zeroshot_templates
@@ -34,7 +34,7 @@ def target_captions(n: int, target_name: str, kind: str, classes: list[str], tar
         raise ConfigError(f"clip.poison_captions: {kind!r} is not one of train, openai")
     templates = zeroshot_templates("openai")
     pick = torch.randint(len(templates), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-    name = target_name.replace("_", " ")
+    name = classes[target].replace("_", " ")
     return [templates[i].format(name) for i in pick]
 
 
@@ -44,8 +44,8 @@ def poisoned_pairs(train, attack, clip_cfg: dict, seed: int):
     x = attack.poisoned_trainset(train).x
     captions = list(train.text)
     idx = attack.poison_index.tolist()
-    new = target_captions(len(idx), train.classes[attack.target], clip_cfg.get("poison_captions", "train"),
-                          train.classes, attack.target, seed + 7919)
+    new = target_captions(len(idx), clip_cfg.get("poison_captions", "train"), train.classes, attack.target,
+                          seed + 7919)
     for i, c in zip(idx, new):
         captions[i] = c
     return x, captions

@@ -52,6 +52,11 @@ DEFAULTS = {
 }
 
 
+def defaults(*, without: tuple[str, ...] = (), **overrides) -> dict:
+    """The loop's defaults as a method's own (as :func:`dormant.training.defaults` for the supervised loop)."""
+    return {**{k: v for k, v in DEFAULTS.items() if k not in without}, **overrides}
+
+
 def lr_at_step(cfg: dict, step: int, total: int) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total`` (or constant)."""
     warm = cfg["warmup_steps"]

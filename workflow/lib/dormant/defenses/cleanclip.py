@@ -12,6 +12,7 @@ fine-tuned text tower.
 
 from __future__ import annotations
 
+from dormant.clip.train import defaults as train_defaults
 from dormant.defenses import DEFENSES
 from dormant.defenses.base import Defense
 
@@ -19,9 +20,7 @@ from dormant.defenses.base import Defense
 @DEFENSES.register("cleanclip")
 class CleanCLIP(Defense):
     models = "clip"
-    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-5, "momentum": 0.9, "beta2": 0.999, "weight_decay": 0.1,
-                "warmup_steps": 0, "schedule": "cosine", "augment": False, "crop_padding": 4,
-                "lambda_clip": 1.0, "lambda_ss": 1.0, "jitter": 0.4}
+    defaults = train_defaults(without=("eval_every",), batch_size=64, lr=1e-5, lambda_ss=1.0)
 
     def run(self, model, clean, *, seed, checkpoint=None, monitor=None, audit=None):
         from dormant.clip.captions import eda
