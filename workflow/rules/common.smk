@@ -16,10 +16,12 @@ try:
 except _ConfigError as _e:
     _fail(str(_e))
 
-R = f"results/{config['name']}"
-LOGS = f"logs/{config['name']}"
-BENCH = f"benchmarks/{config['name']}"
-RESUME = f"resume/{config['name']}"
+# With `seeds: [...]` this file runs once per seed (workflow/rules/seeds.smk), each under its own folder.
+RUN = os.path.join(config["name"], f"seed-{config['seed']}") if config.get("seeds") else config["name"]
+R = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+BENCH = f"benchmarks/{RUN}"
+RESUME = f"resume/{RUN}"
 ATTACKS = sorted(config["attacks"])
 DEFENSES = sorted(config["defenses"])
 MODELS = ["clean", "backdoor"] + DEFENSES  # one table row per (attack, model)
@@ -60,11 +62,8 @@ def runtime_min(rule):
 
 # Rules that run on the machine running Snakemake, never as a cluster job: prepare_data may download CIFAR-10
 # (compute nodes often have no internet), and the reports only read small JSON/CSV files.
-localrules:
-    prepare_data,
-    report,
-    report_blackbox,
-    report_defenses,
+# Each of them says so itself (`localrule: True`), so that the per-seed copies of seeds.smk stay local too:
+# prepare_data, report, report_blackbox, report_defenses.
 
 
 def as_json(obj):

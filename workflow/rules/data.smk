@@ -3,6 +3,7 @@
 
 
 rule prepare_data:
+    localrule: True
     output:
         data=DATASET,
         meta=sidecar(DATASET),

@@ -64,6 +64,7 @@ REPORT_FILES += list(GRID_FILES.values())
 
 
 rule report:
+    localrule: True
     output:
         csv=report(TABLE_FILES["csv"], caption="../report/table.rst", category="Tables"),
         md=TABLE_FILES["md"],
@@ -112,6 +113,7 @@ rule report:
 
 
 rule report_blackbox:
+    localrule: True
     output:
         **{k: report(v, caption="../report/blackbox.rst", category="Black-box re-activation")
            for k, v in BLACKBOX_FILES.items()},
@@ -137,6 +139,7 @@ rule report_blackbox:
 
 
 rule report_defenses:
+    localrule: True
     output:
         csv=report(GRID_FILES["csv"], caption="../report/defense_grid.rst", category="Tables"),
         md=GRID_FILES["md"],

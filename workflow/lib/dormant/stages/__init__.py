@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODULES = ("data", "models", "analysis", "blackbox", "report")  # == workflow/rules/<name>.smk
+MODULES = ("data", "models", "analysis", "blackbox", "report", "seeds")  # == workflow/rules/<name>.smk
 
 # What each path argument of a stage is, for ``dormant <stage> --help``.
 ARG_HELP = {
@@ -43,6 +43,8 @@ ARG_HELP = {
     "histories": "JSON object: history CSV -> model sidecar",
     "observations": "JSON object: observation JSON -> {attack, model}",
     "defenses": "JSON object: defended model sidecar -> {attack, defense}",
+    "tables": "JSON object: seed -> that seed's report/table.csv",
+    "blackbox": "JSON object: seed -> that seed's report/blackbox.csv",
 }
 
 
