@@ -3,14 +3,17 @@ mean, sample standard deviation and n, and adding a seed runs only that seed's j
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import yaml
 from dormant.report import seeds as rep
 
-from .workflow_helpers import copy_workflow, job_counts, snakemake, write_config
+from .workflow_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
 
 def _table(seed_values: dict) -> dict[int, pd.DataFrame]:
@@ -76,6 +79,25 @@ def test_three_seeds_then_a_fourth_runs_only_its_jobs(tmp_path):
         assert r["asr_std"] == pytest.approx(vals.std(ddof=1), abs=1e-4)
     assert (out / "report" / "seeds" / "asr.png").stat().st_size > 0
     assert "±" in (out / "report" / "seeds" / "table.md").read_text()
+
+    # report_seeds loads only library files that are inputs of its job (test_workflow checks the other stages)
+    from dormant.codedeps import code_files, module_file
+
+    args = {"params": json.dumps({"seeds": [0, 1, 2]}),
+            "tables": json.dumps({str(s): str(out / f"seed-{s}" / "report" / "table.csv") for s in (0, 1, 2)}),
+            "blackbox": json.dumps({str(s): str(out / f"seed-{s}" / "report" / "blackbox.csv") for s in (0, 1, 2)})}
+    traced = tmp_path / "traced"
+    traced.mkdir()
+    for name in ("table_seeds_csv", "table_csv", "table_md", "blackbox_seeds_csv", "blackbox_csv"):
+        args[name] = str(traced / f"{name}.{name.rsplit('_', 1)[1]}")
+    args.update(fig_asr=str(traced / "asr.png"), fig_bec=str(traced / "bec.png"))
+    p = subprocess.run([sys.executable, str(REPO / "tests" / "trace_stage.py"), "seeds", "report_seeds",
+                        json.dumps(args)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    loaded = json.loads(p.stdout.split("LOADED ", 1)[1])
+    files = {"workflow/lib/dormant/" + str(module_file(m).relative_to(module_file("dormant").parent))
+             for m in loaded}
+    assert files <= set(code_files("report_seeds")), files - set(code_files("report_seeds"))
 
     _seeds_config(tmp_path, [0, 1, 2, 3])
     dry = snakemake(tmp_path, "-n", "--quiet", "rules", configfile="seeds.yaml").stdout
