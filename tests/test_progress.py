@@ -176,3 +176,49 @@ def test_training_loop_writes_heartbeats_and_throughput(capsys, monkeypatch):
                     r"epoch=1/2 loss=\S+$", err[0]), err[0]
     assert " 40/40 (100.0%) " in err[-1] and " done " in err[-1] and "train_acc=" in err[-1]
     assert all(h["img_per_s"] > 0 for h in hist)
+
+
+HB = r"\[heartbeat\] {} (\d+)/(\d+) \(\d+\.\d%\) \S+ {}/s elapsed \d+:\d\d:\d\d (eta \d+:\d\d:\d\d|done)"
+
+
+def _heartbeats(err: str, label: str, unit: str) -> list:
+    return [m for ln in err.splitlines() if (m := re.match(HB.format(re.escape(label), unit), ln))]
+
+
+@pytest.mark.parametrize("cfg, label, unit, total", [
+    ({"type": "anp", "iterations": 3, "batch_size": 16, "holdout": 0.25}, "anp-masks", "it", 3),
+    ({"type": "ibau", "rounds": 2, "batch_size": 16}, "i-bau", "img", 2 * 48),
+    ({"type": "sau", "epochs": 1, "batch_size": 16}, "sau", "img", 48),
+    ({"type": "nc", "epochs_reverse": 1, "batch_size_reverse": 16, "epochs": 1, "batch_size": 16, "holdout": 0.25,
+      "class_chunk": 2}, "nc-reverse", "img", 2 * 36),
+])
+def test_defense_loops_write_heartbeats(backdoored, synthetic, capsys, monkeypatch, cfg, label, unit, total):
+    """Each defense's own loop counts its steps up to its total and ends with a final line."""
+    import copy
+
+    from dormant.defenses import build_defense
+    from dormant.defenses.holdout import split_holdout
+
+    monkeypatch.setenv(ENV, "0")
+    _, clean = split_holdout(synthetic["train"], 0.2, seed=7)
+    assert len(clean) == 48
+    build_defense(cfg).run(copy.deepcopy(backdoored[0]), clean, seed=0)
+    found = _heartbeats(capsys.readouterr().err, label, unit)
+    assert len(found) >= 2 and {int(m.group(2)) for m in found} == {total}
+    assert int(found[-1].group(1)) == total and found[-1].group(3) == "done"
+
+
+def test_query_and_delta_loops_write_heartbeats(backdoored, synthetic, capsys, monkeypatch):
+    from dormant.reactivation.query import ScoreOracle, square_search
+    from dormant.reactivation.whitebox import optimise_universal
+
+    monkeypatch.setenv(ENV, "0")
+    m = backdoored[0]
+    x = synthetic["train"].x[:8]
+    res = square_search(ScoreOracle(m, budget=12), x.float() / 255, 0, budget=12, early_stop=2.0, desc="QRA")
+    found = _heartbeats(capsys.readouterr().err, "QRA", "query")
+    assert [int(f.group(1)) for f in found] == [*range(1, res["queries"] + 1), res["queries"]]
+    assert "asr=" in found[0].string and found[-1].group(3) == "done"
+    optimise_universal(m, x, 0, epochs=2, steps=1, batch_size=4, desc="RA")
+    found = _heartbeats(capsys.readouterr().err, "RA", "img")
+    assert [int(f.group(1)) for f in found] == [4, 8, 12, 16, 16] and "loss=" in found[0].string
