@@ -51,6 +51,29 @@ def test_every_artifact_exists_with_sidecar(workdir):
     assert (workdir / "benchmarks/tiny/train_clean.tsv").is_file()
 
 
+def test_job_logs_show_heartbeat_lines(workdir):
+    """Long loops write progress lines to their job logs (stderr is a file there, so tqdm is silent)."""
+    logs = workdir / "logs/tiny"
+    line = r"\[heartbeat\] {} (\d+)/(\d+) \(\d+\.\d%\) \S+ {}/s elapsed \d+:\d\d:\d\d (eta \d+:\d\d:\d\d|done)"
+    cases = {  # log -> (label, unit, a field every line of it shows)
+        "train_clean": ("clean", "img", "loss="), "train_backdoor_badnets": ("backdoor", "img", "loss="),
+        "defend_badnets_ft": ("ft", "img", "loss="), "defend_badnets_nc": ("nc-reverse", "img", "loss="),
+        "defend_badnets_pbe": ("pbe", "round", "score_mean="),
+        "reactivate_badnets_backdoor": ("RA", "img", "loss="),
+        "query_badnets_backdoor": (re.escape("QRA+gUAA"), "query", "asr="),
+        "transfer_optimise_badnets_same_arch": ("TRA-mom", "img", "loss="),
+    }
+    for name, (label, unit, field) in cases.items():
+        text = (logs / f"{name}.log").read_text()
+        found = [(m, ln) for ln in text.splitlines() if (m := re.match(line.format(label, unit), ln))]
+        assert found, (name, text[-2000:])
+        assert any(" eta " in ln for _, ln in found), name
+        assert all(field in ln for _, ln in found), (name, found[0][1])
+        done = [int(m.group(1)) for m, _ in found]
+        assert done == sorted(done) and int(found[0][0].group(2)) >= done[-1] > 0, (name, done)
+        assert " done" in found[-1][1], (name, found[-1][1])  # the final line
+
+
 def test_table_rows_and_invariants(workdir):
     df = pd.read_csv(workdir / "results/tiny/report/table.csv")
     assert len(df) == 2 * len(TINY_MODELS) and set(df["attack"]) == {"badnets", "blended"}

@@ -17,9 +17,11 @@ BIN = Path(sys.executable).parent  # snakemake, dvc and dormant of the environme
 
 def env() -> dict:
     """The test environment with this interpreter's bin folder first on PATH (for dvc's and Slurm's jobs), pinned
-    to the CPU: the tests check bit-identical results, which CUDA gives only in deterministic mode."""
+    to the CPU: the tests check bit-identical results, which CUDA gives only in deterministic mode; heartbeat
+    lines at every step, so that the tests can read them in the job logs."""
     e = dict(os.environ)
     e["DORMANT_DEVICE"] = "cpu"
+    e.setdefault("DORMANT_HEARTBEAT_SECONDS", "0")  # every loop step writes its heartbeat line to the job log
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     return e
 

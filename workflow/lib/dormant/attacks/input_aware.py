@@ -30,6 +30,7 @@ from dormant.attacks import ATTACKS
 from dormant.attacks.base import Attack
 from dormant.attacks.generators import EncoderDecoder, from_tensors, seeded, to_tensors
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat, read_later
 
 #: floor of the distances the diversity losses divide by (RMS pixel units). The reference's 1e-7 lets the
 #: loss reach 1e6 while the initial masks are still nearly equal, and the run diverges; at convergence two
@@ -111,6 +112,7 @@ class InputAware(Attack):
         bs, n = int(self.params["batch_size"]), len(train)
         epochs = int(self.params["mask_epochs"])
         hist = []
+        hb = Heartbeat("input-aware mask", total=epochs * n, unit="img")
         for epoch in tqdm(range(epochs), desc="input-aware mask", disable=None):
             p1, p2 = torch.randperm(n, generator=generator), torch.randperm(n, generator=generator)
             tot = torch.zeros(3)
@@ -126,9 +128,11 @@ class InputAware(Attack):
                 loss.backward()
                 opt.step()
                 tot += torch.tensor([loss.item(), norm.item(), m1.detach().mean().item()]) * len(x1)
+                hb.update(len(x1), epoch=f"{epoch + 1}/{epochs}", loss=read_later(loss))
             tot /= n
             hist.append({"epoch": epoch + 1, "loss": tot[0].item(), "norm_loss": tot[1].item(),
                          "mask_mean": tot[2].item()})
+        hb.close()
         self.M.requires_grad_(False)
         with torch.no_grad():
             probe = to_float(train.x[: min(n, 500)])

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dormant.attacks import ATTACKS
 from dormant.attacks.base import Attack
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat, read_later
 
 
 def lowpass(d: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -75,6 +76,7 @@ class LowFrequency(Attack):
         bs, step = int(self.params["batch_size"]), float(self.params["step"])
         d = torch.zeros(self.image_shape, device=x_all.device)
         hist = []
+        hb = Heartbeat("lf pattern", total=int(self.params["epochs"]) * n, unit="img")
         for epoch in tqdm(range(int(self.params["epochs"])), desc="lf pattern", disable=None):
             order = torch.randperm(n, generator=generator).to(x_all.device)
             for s in range(0, n, bs):
@@ -83,7 +85,10 @@ class LowFrequency(Attack):
                 loss = F.cross_entropy(model((x_all[b] + d).clamp(0, 1)), target[b])
                 (grad,) = torch.autograd.grad(loss, d)
                 d = project(d.detach() - step * grad.sign(), self.cutoff, self.max_value)
+                hb.update(len(b), epoch=f"{epoch + 1}/{self.params['epochs']}", loss=read_later(loss))
             hist.append({"epoch": epoch + 1, "success": self._success(model, x_all, d, bs)})
+            hb.fields["success"] = hist[-1]["success"]
+        hb.close()
         self.resources = {"pattern": d.detach()}
         return {"history": hist, "success_on_clean_model": hist[-1]["success"] if hist else 0.0,
                 "low_frequency_share": low_frequency_share(d, self.cutoff), "max": d.max().item()}

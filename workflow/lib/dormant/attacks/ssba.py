@@ -27,6 +27,7 @@ from dormant.attacks import ATTACKS
 from dormant.attacks.base import Attack
 from dormant.attacks.generators import BitDecoder, EncoderDecoder, from_tensors, seeded, to_tensors
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat, read_later
 
 
 class BitEncoder(nn.Module):
@@ -86,6 +87,7 @@ class SSBA(Attack):
         bs, n, l2w = int(self.params["batch_size"]), len(train), float(self.params["l2_weight"])
         hist, epochs, it = [], int(self.params["epochs"]), 0
         half = max(1, epochs * ((n + bs - 1) // bs) // 2)  # the residual penalty: 0, then ramped up to l2_weight
+        hb = Heartbeat("ssba encoder", total=epochs * n, unit="img")
         for epoch in tqdm(range(epochs), desc="ssba encoder", disable=None):
             perm = torch.randperm(n, generator=generator)
             tot = torch.zeros(3)
@@ -103,8 +105,10 @@ class SSBA(Attack):
                 opt.step()
                 acc = ((logits > 0).float() == bits).float().mean()
                 tot += torch.tensor([bce.item(), l2.item(), acc.item()]) * len(x)
+                hb.update(len(x), epoch=f"{epoch + 1}/{epochs}", bce=read_later(bce), bit_acc=read_later(acc))
             tot /= n
             hist.append({"epoch": epoch + 1, "bce": tot[0].item(), "l2": tot[1].item(), "bit_acc": 100 * tot[2].item()})
+        hb.close()
         enc.requires_grad_(False)
         dec.requires_grad_(False)
         self.refresh()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from dormant.attacks import ATTACKS
 from dormant.attacks.base import Attack, patch_side
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat, read_later
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -71,6 +72,7 @@ class TrojanNN(Attack):
         bs, hist = int(self.params["batch_size"]), []
         try:
             act0 = self._activation(model, store, x_all, mask, torch.sigmoid(theta.detach()), neurons, bs)
+            hb = Heartbeat("trojannn trigger", total=int(self.params["steps"]), unit="step")
             for step in tqdm(range(int(self.params["steps"])), desc="trojannn trigger", disable=None):
                 b = torch.randint(n, (min(bs, n),), generator=generator).to(x_all.device)
                 xb = (1 - mask) * x_all[b] + mask * torch.sigmoid(theta)
@@ -81,6 +83,8 @@ class TrojanNN(Attack):
                 opt.step()
                 if (step + 1) % 50 == 0:
                     hist.append({"step": step + 1, "activation": -loss.item()})
+                hb.update(1, loss=read_later(loss))
+            hb.close()
             trig = (torch.sigmoid(theta.detach()) * mask)
             act1 = self._activation(model, store, x_all, mask, trig, neurons, bs)
             clean = self._activation(model, store, x_all, torch.zeros_like(mask), trig, neurons, bs)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dormant.clip.loss import cleanclip_loss
 from dormant.data.augment import random_crop_flip, to_float
 from dormant.io import code_version, config_hash, tensor_digest
+from dormant.progress import Heartbeat, read_later
 from dormant.runtime import autocast, checkpoint_cadence, grad_scaler
 from dormant.training.loop import check_finite_epoch
 from dormant.training.resume import save_checkpoint, try_resume
@@ -118,6 +119,8 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: dict, *, 
     bar = tqdm(range(start, cfg["epochs"]), desc=desc, initial=start, total=cfg["epochs"],
                mininterval=1 if os.isatty(2) else 30, disable=None)
     max_scale = math.log(100.0)
+    per_epoch = steps * min(bs, n)
+    hb = Heartbeat(desc, total=cfg["epochs"] * per_epoch, unit="img", initial=start * per_epoch)
     for epoch in bar:
         t0 = time.monotonic()
         model.train()
@@ -147,6 +150,7 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: dict, *, 
             with torch.no_grad():
                 model.clip.logit_scale.clamp_(0, max_scale)
             tot += loss.detach()
+            hb.update(len(idx), epoch=f"{epoch + 1}/{cfg['epochs']}", loss=read_later(loss))
         rec = {"epoch": epoch + 1, "lr": lr, "loss": tot.item() / steps,
                "logit_scale": float(model.logit_scale().detach()), "img_per_s": steps * bs / (time.monotonic() - t0)}
         check_finite_epoch(model, rec["loss"], desc, epoch + 1)
@@ -154,10 +158,12 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: dict, *, 
         if eval_fn is not None and (last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)):
             rec.update(eval_fn(model))
         history.append(rec)
+        hb.fields.update({k: v for k, v in rec.items() if k not in ("epoch", "lr", "img_per_s")})
         log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg["epochs"],
                  " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
         if checkpoint is not None and ((epoch + 1) % every_epochs == 0 or last
                                        or time.monotonic() - last_saved >= 60 * every_minutes):
             save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key)
             last_saved = time.monotonic()
+    hb.close()
     return history

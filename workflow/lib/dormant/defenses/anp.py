@@ -30,6 +30,7 @@ from dormant.defenses.base import Defense
 from dormant.defenses.holdout import split_holdout
 from dormant.defenses.loop import accuracy, endless_batches, frozen_copy
 from dormant.nets.probe import bn_layers
+from dormant.progress import Heartbeat, read_later
 from dormant.runtime import autocast
 
 ANP_DEFAULTS = {"iterations": 2000, "batch_size": 128, "eps": 0.4, "anp_steps": 1, "alpha": 0.2, "mask_lr": 0.2,
@@ -87,6 +88,7 @@ def optimise_masks(model, fit, cfg: dict, generator: torch.Generator, history: l
         with autocast(device):
             return F.cross_entropy(net(x).float(), y)
 
+    hb = Heartbeat("anp-masks", total=cfg["iterations"], unit="it")
     try:
         for it in tqdm(range(cfg["iterations"]), desc="anp-masks", disable=None, mininterval=30):
             x, y = next(data)
@@ -113,6 +115,7 @@ def optimise_masks(model, fit, cfg: dict, generator: torch.Generator, history: l
                 for m in pert.mask.values():
                     m.clamp_(0, 1)
             sums += torch.stack([loss_nat.detach().float(), loss_rob.detach().float()])
+            hb.update(1, loss=read_later(loss_nat), loss_perturbed=read_later(loss_rob))
             if history is not None and (it + 1) % every == 0:
                 mean = float(torch.cat([m.detach() for m in pert.mask.values()]).mean())
                 history.append({"iteration": it + 1, "loss": float(sums[0]) / every,
@@ -120,6 +123,7 @@ def optimise_masks(model, fit, cfg: dict, generator: torch.Generator, history: l
                 sums.zero_()
     finally:
         pert.close()
+    hb.close()
     return {n: m.detach().clone() for n, m in pert.mask.items()}
 
 

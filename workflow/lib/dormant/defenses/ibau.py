@@ -30,6 +30,7 @@ from tqdm import tqdm
 from dormant.defenses import DEFENSES
 from dormant.defenses.base import Defense
 from dormant.defenses.loop import batches
+from dormant.progress import Heartbeat
 from dormant.runtime import autocast
 
 IBAU_DEFAULTS = {"rounds": 5, "K": 5, "lr": 1e-4, "batch_size": 100, "radius": 2.5, "reg": 0.016,
@@ -90,6 +91,7 @@ class ImplicitBackdoorAdversarialUnlearning(Defense):
         was_training = model.training
         model.eval()
         history = []
+        hb = Heartbeat("i-bau", total=cfg["rounds"] * len(clean), unit="img")
         for r in tqdm(range(cfg["rounds"]), desc="i-bau", disable=None, mininterval=30):
             delta = universal_perturbation(model, clean, cfg, g)
             total, n = 0.0, 0
@@ -104,9 +106,12 @@ class ImplicitBackdoorAdversarialUnlearning(Defense):
                 with torch.no_grad(), autocast(x.device, fp16=True):
                     total += float(F.cross_entropy(model(x + delta).float(), y)) * len(x)
                 n += len(x)
+                hb.update(len(x), round=f"{r + 1}/{cfg['rounds']}", loss_under_uap=total / n)
             rec = {"round": r + 1, "uap_l2": float(delta.norm()), "loss_under_uap": total / n}
             if monitor is not None:
                 rec.update(monitor(model))
             history.append(rec)
+            hb.fields.update({k: v for k, v in rec.items() if k != "round"})
+        hb.close()
         model.train(was_training)
         return model, {"history": history, "changed": True}

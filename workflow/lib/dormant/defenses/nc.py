@@ -34,6 +34,7 @@ from dormant.defenses.base import Defense
 from dormant.defenses.holdout import split_holdout
 from dormant.defenses.loop import batches, frozen_copy
 from dormant.io import tensor_digest
+from dormant.progress import Heartbeat, read_later
 from dormant.runtime import autocast
 
 NC_DEFAULTS = {"epochs_reverse": 10, "batch_size_reverse": 128, "lr_reverse": 0.1, "init_cost": 1e-3,
@@ -85,8 +86,10 @@ class _Schedule:
         self.down = torch.where(lower, torch.zeros_like(self.down), self.down)
 
 
-def reverse_engineer(model, fit, held, classes: list[int], cfg: dict, generator: torch.Generator) -> dict:
-    """Reversed (mask, pattern) per class of ``classes`` with its L1 norm and held-out success rate."""
+def reverse_engineer(model, fit, held, classes: list[int], cfg: dict, generator: torch.Generator,
+                     heartbeat: Heartbeat | None = None) -> dict:
+    """Reversed (mask, pattern) per class of ``classes`` with its L1 norm and held-out success rate;
+    ``heartbeat`` counts the fit images passed (for the job log)."""
     ref = frozen_copy(model)
     device = fit.x.device
     k, (c, h, w) = len(classes), fit.image_shape
@@ -119,6 +122,8 @@ def reverse_engineer(model, fit, held, classes: list[int], cfg: dict, generator:
             opt.step()
             hits += (logits.argmax(1) == tgt).view(k, len(x)).float().sum(1).detach()
             seen += len(x)
+            if heartbeat is not None:
+                heartbeat.update(len(x), classes=f"{classes[0]}-{classes[-1]}", loss=read_later(loss))
         sched.update((hits / seen).cpu() >= cfg["success"])
         with torch.no_grad():
             mask, pattern = torch.tanh(a) / 2 + 0.5, torch.tanh(b) / 2 + 0.5
@@ -183,9 +188,11 @@ class NeuralCleanse(Defense):
         n_classes = int(clean.num_classes)
         parts = []
         step = cfg["class_chunk"]
+        hb = Heartbeat("nc-reverse", total=math.ceil(n_classes / step) * cfg["epochs_reverse"] * len(fit), unit="img")
         for start in tqdm(range(0, n_classes, step), desc="nc-reverse", disable=None, mininterval=30):
             classes = list(range(start, min(n_classes, start + step)))
-            parts.append(reverse_engineer(model, fit, held, classes, cfg, g))
+            parts.append(reverse_engineer(model, fit, held, classes, cfg, g, hb))
+        hb.close()
         rev = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         index = anomaly_index(rev["l1"])
         flagged = [int(t) for t in torch.nonzero(index > cfg["threshold"]).flatten()]

@@ -36,6 +36,7 @@ from dormant.defenses import DEFENSES
 from dormant.defenses.aft import ADV_FT_DEFAULTS, adversarial_finetune
 from dormant.defenses.base import Defense
 from dormant.errors import ConfigError
+from dormant.progress import Heartbeat
 from dormant.runtime import exact
 
 PBE_DEFAULTS = {**ADV_FT_DEFAULTS, "rounds": 4, "init_fraction": 0.05, "keep_fractions": [0.2, 0.5, 0.7],
@@ -135,6 +136,7 @@ class ProgressiveBackdoorErasing(Defense):
         ft_cfg = {k: v for k, v in c.items() if k in ADV_FT_DEFAULTS}
         # the official schedule keeps one optimiser (and its momentum) across rounds; every_batch starts afresh
         optimizer = training.make_optimizer(model, ft_cfg) if c["adversarial_schedule"] == "official" else None
+        hb = Heartbeat("pbe", total=c["rounds"], unit="round")  # each round's fine-tuning writes its own lines
         for r in range(1, c["rounds"] + 1):
             rec = {"round": r, "selected": len(selected), "fraction": len(selected) / n}
             if audit is not None:
@@ -151,7 +153,9 @@ class ProgressiveBackdoorErasing(Defense):
             for h in hist:
                 history.append({**h, "epoch": offset + h["epoch"], "round": r})
             history[-1].update({k: v for k, v in rec.items() if k not in ("loss", "train_acc")})
+            hb.update(1, **{k: v for k, v in rec.items() if k != "round"})
             if r < c["rounds"]:
                 selected = select_top(scores, c["keep_fractions"][r - 1])
+        hb.close()
         return model, {"history": history, "rounds": rounds, "changed": True,
                        "adversarial_schedule": c["adversarial_schedule"]}

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dormant.defenses import DEFENSES
 from dormant.defenses.base import Defense
 from dormant.defenses.loop import batches, frozen_copy
+from dormant.progress import Heartbeat
 from dormant.runtime import autocast
 
 SAU_DEFAULTS = {"epochs": 20, "batch_size": 128, "lr": 1e-4, "eps": 0.2, "step": 0.2, "steps": 5, "beta1": 0.01,
@@ -100,6 +101,7 @@ class SharedAdversarialUnlearning(Defense):
         was_training = model.training
         model.eval()
         history = []
+        hb = Heartbeat("sau", total=cfg["epochs"] * len(clean), unit="img")
         for epoch in tqdm(range(cfg["epochs"]), desc="sau", disable=None, mininterval=30):
             total, n = 0.0, 0
             for x, y in batches(clean, cfg["batch_size"], g):
@@ -112,9 +114,12 @@ class SharedAdversarialUnlearning(Defense):
                 opt.step()
                 total += float(loss.detach()) * len(x)
                 n += len(x)
+                hb.update(len(x), epoch=f"{epoch + 1}/{cfg['epochs']}", loss=total / n)
             rec = {"epoch": epoch + 1, "loss": total / n}
             if monitor is not None:
                 rec.update(monitor(model))
             history.append(rec)
+            hb.fields.update({k: v for k, v in rec.items() if k != "epoch"})
+        hb.close()
         model.train(was_training)
         return model, {"history": history, "changed": True}

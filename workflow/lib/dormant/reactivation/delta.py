@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dormant.analysis.metrics import poisoned_test_index
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat, read_later
 
 
 def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -80,6 +81,7 @@ def optimise_delta(objective, x_uint8: torch.Tensor, *, device, transform=None, 
     n = len(x_uint8)
     n_batches = math.ceil(n / batch_size)
     totals = torch.zeros(epochs, dtype=torch.float64, device=device)
+    hb = Heartbeat(desc, total=epochs * n, unit="img")
     for e in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
         perm = torch.randperm(n, generator=g).to(x_uint8.device)  # one copy per epoch
         for s in range(n_batches):
@@ -93,6 +95,8 @@ def optimise_delta(objective, x_uint8: torch.Tensor, *, device, transform=None, 
                 velocity = momentum * velocity + grad if momentum else grad
                 delta = project(delta - lr * velocity, norm, eps)
                 totals[e] += loss.detach().double()
+            hb.update(len(xb), epoch=f"{e + 1}/{epochs}", loss=read_later(loss))
+    hb.close()
     losses = [t / (steps * n_batches) for t in totals.tolist()]
     return delta.detach(), losses
 

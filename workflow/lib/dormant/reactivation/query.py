@@ -41,6 +41,7 @@ from tqdm import tqdm
 from dormant import runtime
 from dormant.analysis.metrics import attack_success_rate, poisoned_test_index, predict
 from dormant.data.augment import to_float
+from dormant.progress import Heartbeat
 from dormant.reactivation.delta import attack_images
 
 # Square Attack's p schedule, for a 10,000-iteration run: p_init is halved after each of these
@@ -340,6 +341,11 @@ def square_search_joint(oracles, xs, targets, *, norm="linf", eps=0.05, budget=1
         s.check()  # opens the first block
     lead = oracles[0]
     bar = tqdm(total=budget, desc=desc, disable=None, mininterval=30)
+    hb = Heartbeat(desc, total=budget, unit="query")
+    # the kept deltas' batch ASR and loss, one per search, read back only when a heartbeat line is written
+    hb.fields.update(asr=lambda: " ".join(f"{float(s.asr):.3f}" for s in searches),
+                     loss=lambda: " ".join(f"{float(s.loss):.4g}" for s in searches),
+                     active=lambda: sum(s.active for s in searches))
     step = 0
     while any(s.active for s in searches):
         live = [s for s in searches if s.active]
@@ -360,7 +366,9 @@ def square_search_joint(oracles, xs, targets, *, norm="linf", eps=0.05, budget=1
                 s.check()
         step += 1
         bar.update(1)
+        hb.update(1)
     bar.close()
+    hb.close()
     return [s.result() for s in searches]
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from dormant.analysis.metrics import attack_success_rate, poisoned_test_index, predict
 from dormant.data.augment import to_float
 from dormant.errors import ConfigError
+from dormant.progress import Heartbeat, read_later
 from dormant.reactivation.delta import attack_images, frozen, optimise_delta, project, random_init
 from dormant.runtime import autocast
 
@@ -66,7 +67,8 @@ def optimise_mom(surrogates, x_uint8: torch.Tensor, target: int, *, device, tran
     n = len(x_uint8)
     n_batches = math.ceil(n / batch_size)
     losses = []
-    for _ in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
+    hb = Heartbeat(desc, total=epochs * n, unit="img")
+    for e in tqdm(range(epochs), desc=desc, disable=None, mininterval=30):
         perm = torch.randperm(n, generator=g)
         tot = 0.0
         for s in range(n_batches):
@@ -80,7 +82,9 @@ def optimise_mom(surrogates, x_uint8: torch.Tensor, target: int, *, device, tran
                 velocity = momentum * velocity + grad / grad.norm(p=2).clamp_min(1e-12)
                 delta = project(delta - lr * velocity, norm, eps)
                 tot += loss.item()
+            hb.update(len(xb), epoch=f"{e + 1}/{epochs}", loss=read_later(loss))
         losses.append(tot / n_batches)  # summed over surrogates, like the other variants' objective
+    hb.close()
     return delta.detach(), losses
 
 

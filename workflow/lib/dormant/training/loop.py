@@ -32,6 +32,7 @@ from tqdm import tqdm
 from dormant.data.augment import apply_crop_flip, draw_crop_flip, random_crop_flip, to_float
 from dormant.errors import NonFiniteError
 from dormant.io import code_version, config_hash, tensor_digest
+from dormant.progress import Heartbeat, read_later
 from dormant.runtime import autocast, checkpoint_cadence, grad_scaler, memory_format
 from dormant.training.resume import save_checkpoint, try_resume
 
@@ -199,7 +200,9 @@ def train(
     steps = math.ceil(n / bs)
     bar = tqdm(range(start, cfg["epochs"]), desc=desc, initial=start, total=cfg["epochs"],
                mininterval=1 if os.isatty(2) else 30, disable=None)
+    hb = Heartbeat(desc, total=cfg["epochs"] * n, unit="img", initial=start * n)
     for epoch in bar:
+        t_epoch = time.monotonic()
         lr = lr_at(cfg, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -261,12 +264,16 @@ def train(
                 after_step(model)
             tot_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+            hb.update(len(y), epoch=f"{epoch + 1}/{cfg['epochs']}", loss=read_later(loss))
         rec = {"epoch": epoch + 1, "lr": lr, "loss": tot_loss.item() / n, "train_acc": 100.0 * correct.item() / n}
+        # throughput of the epoch's steps, measured after the loss sums' read-back (the epoch's one host sync)
+        rec["img_per_s"] = n / max(time.monotonic() - t_epoch, 1e-9)
         check_finite_epoch(model, rec["loss"], desc, epoch + 1)  # before anything of this epoch is saved
         if eval_fn is not None and (epoch + 1 == cfg["epochs"] or (epoch + 1) % cfg.get("eval_every", 1) == 0):
             rec.update(eval_fn(model))
         history.append(rec)
-        bar.set_postfix({k: round(v, 3) for k, v in rec.items() if k not in ("epoch", "lr")})
+        hb.fields.update({k: v for k, v in rec.items() if k not in ("epoch", "lr", "img_per_s")})
+        bar.set_postfix({k: round(v, 3) for k, v in rec.items() if k not in ("epoch", "lr", "img_per_s")})
         log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg["epochs"],
                  " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
         due = ((epoch + 1) % every_epochs == 0 or epoch + 1 == cfg["epochs"]
@@ -274,6 +281,7 @@ def train(
         if checkpoint is not None and due:
             save_checkpoint(checkpoint, model, opt, epoch, g, history, cfg_key, learner)
             last_saved = time.monotonic()
+    hb.close()
     if learner is not None:
         learner.close()
     model.to(memory_format=given_fmt)  # as the caller gave it
