@@ -68,9 +68,12 @@ def figure_budget(df: pd.DataFrame, path) -> None:
             ax.set_ylabel("ASR (%)")
             ax.set_title(f"{a} ({NORM_LABEL[n]})" if a else NORM_LABEL[n])
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    legend = {}
+    for ax in fig.axes:  # every defense once, whichever panel drew it
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=7)
     savefig(fig, path)
 
 
