@@ -39,11 +39,15 @@ def test_every_artifact_exists_with_sidecar(workdir):
         for m in TINY_MODELS:
             for f in ["metrics.json", "bec.json", "reactivation.json", "delta.safetensors"]:
                 assert (r / f"analysis/{a}/{m}/{f}").is_file(), (a, m, f)
+        for m in TINY_DEFENSES:  # the budget ablation: one CSV per budget point, and its sidecar
+            assert len(pd.read_csv(r / f"analysis/{a}/{m}/budget.csv")) == 2, (a, m)
+            assert json.loads((r / f"analysis/{a}/{m}/budget.json").read_text())["metrics"]["points"] == 2
     subset = json.loads((r / "data/clean_subset.json").read_text())
     assert len(subset["indices"]) == round(0.2 * 50) * 4
     metrics = json.loads((r / "report/metrics.json").read_text())
     assert set(metrics) == {"badnets", "blended"} and metrics["badnets"]["backdoor"]["der"] == 50
-    for f in ["table.csv", "table.md", "bec_vs_asr.png", "reactivation.png", "triggers.png"]:
+    for f in ["table.csv", "table.md", "bec_vs_asr.png", "reactivation.png", "triggers.png", "budget.csv", "budget.md",
+              "budget.png"]:
         p = r / "report" / f
         assert p.is_file() and p.stat().st_size > 100, f
     assert (r / "report/bec_vs_asr.png").read_bytes()[:4] == b"\x89PNG"
@@ -133,7 +137,7 @@ def test_html_report_is_self_contained_with_captions(workdir):
     expected = {f"{r}/table.csv", f"{r}/bec_vs_asr.png", f"{r}/reactivation.png", f"{r}/triggers.png",
                 f"{r}/history/clean.csv", f"{r}/history/blended_ft_short.csv", f"{r}/blackbox.csv",
                 f"{r}/evidence_cka.png", f"{r}/evidence_noise.png",
-                f"{r}/query_checkpoints.png", f"{r}/transfer.png", f"{r}/query.png"}
+                f"{r}/query_checkpoints.png", f"{r}/transfer.png", f"{r}/query.png", f"{r}/budget.png"}
     assert expected <= set(results), sorted(results)
     for path, entry in results.items():
         assert len(entry["caption"]) > 80, path  # every item carries its caption
@@ -155,6 +159,7 @@ TINY_SURROGATES = yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())["tr
 
 def _downstream(attack, model):
     rules = ["metrics", "bec", "reactivate", "query", "transfer_evaluate"] + (["evidence"] if model != "clean" else [])
+    rules += ["budget"] if model in TINY_DEFENSES else []  # the budget ablation runs on defended models
     return {(rule, f"attack={attack}, model={model}") for rule in rules}
 
 
@@ -168,9 +173,19 @@ def test_changing_one_defense_reruns_only_that_defense(workdir):
     """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models,
     the other analyses and the attacker's surrogates (its own defense settings) do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
-    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
+    assert jobs == expected
+
+
+def test_changing_the_budget_list_reruns_only_the_budget_ablation(workdir):
+    """reactivation.budgets is read by the budget jobs alone: the single-budget reactivate jobs and everything
+    else stay."""
+    jobs = _dry_run_with(workdir, "edit_budgets.yaml",
+                         lambda c: c["reactivation"]["budgets"].update(linf=[0.05, 0.1]))
+    expected = {("report_budget", "")} | {("budget", f"attack={a}, model={d}") for a in ("badnets", "blended")
+                                          for d in TINY_DEFENSES}
     assert jobs == expected
 
 
@@ -189,7 +204,7 @@ def test_changing_an_attacker_defense_reruns_only_the_transfer_attack(workdir):
 def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
     expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", ""),
-                ("report_blackbox", ""), ("report_defenses", "")}
+                ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
     expected |= {("defend", f"attack=blended, defense={d}") for d in TINY_DEFENSES}
     for s, sur in TINY_SURROGATES.items():
         if sur["arch"] != "cnn_tiny":  # the victim's architecture: the attacker reuses its backdoored model
@@ -229,7 +244,7 @@ def test_editing_a_defense_module_reruns_only_the_jobs_of_that_defense(workdir):
     """defenses/nc.py: the defend jobs of NC's entry and what reads their models; ft, the attacker's ft
     surrogates and every other stage stay."""
     jobs = _dry_run_after_editing(workdir, "defenses/nc.py")
-    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=nc")} | _downstream(a, "nc")
     assert jobs == expected
@@ -350,6 +365,7 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     assert c["metrics"] == c["bec"] == c["reactivate"] == 112 and c["observe"] == 16 and c["report"] == 1, c
     assert c["query"] == c["transfer_evaluate"] == 112 and c["evidence"] == 104 and c["report_blackbox"] == 1, c
     assert c["report_defenses"] == 1, c
+    assert c["budget"] == 96 and c["report_budget"] == 1, c  # the budget ablation: 8 attacks x 12 defenses
     assert c["train_surrogate"] == 24 and c["defend_surrogate"] == 64 and c["transfer_optimise"] == 32, c
     assert c["attacker_subset"] == 1, c
     assert "results/paper/models/badnets/pbe/model.safetensors" in r.stdout + r.stderr
@@ -378,11 +394,11 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         if res and rule != "all":
             resources.setdefault(rule, set()).add(res.group(1))
-    grouped = {"metrics", "bec", "reactivate", "observe", "transfer_evaluate", "evidence"}
+    grouped = {"metrics", "bec", "reactivate", "observe", "transfer_evaluate", "evidence", "budget"}
     network = grouped | {"train_clean", "attack_resource", "train_backdoor", "defend", "query", "train_surrogate",
                          "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
-                                        "report_blackbox", "report_defenses"}
+                                        "report_blackbox", "report_defenses", "report_budget"}
     for rule, values in resources.items():
         for v in values:
             gpu = "gres=gpu:1" in v and "gpu=0" in v if rule in grouped else "gpu=1" in v

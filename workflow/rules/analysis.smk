@@ -1,4 +1,5 @@
-# Per (attack, model): metrics (C-ACC, ASR, RA, DER), BEC, white-box re-activation + gUAA, PBE's observation.
+# Per (attack, model): metrics (C-ACC, ASR, RA, DER), BEC, white-box re-activation + gUAA, PBE's observation;
+# per (attack, defense) the budget ablation (re-activation + gUAA at every eps of reactivation.budgets).
 # model is "clean" (the clean model under this attack's trigger), "backdoor", or a defense name.
 # Stages: workflow/lib/dormant/stages/analysis.py (one function per rule, same name).
 
@@ -63,7 +64,9 @@ rule reactivate:
         model=analysed_model,
         code=code("reactivate"),
     params:
-        p=lambda w: as_json({"reactivation": config["reactivation"], "seed": config["seed"]}),
+        # without `budgets`: the budget ablation (rule budget) is its own job; editing its list reruns only that
+        p=lambda w: as_json({"reactivation": {k: v for k, v in config["reactivation"].items() if k != "budgets"},
+                             "seed": config["seed"]}),
     log:
         log_file("reactivate_{attack}_{model}"),
     benchmark:
@@ -79,6 +82,35 @@ rule reactivate:
         "dormant reactivate --threads {threads} --params {params.p:q} --dataset {input.data:q} "
         "--trigger {input.trigger:q} --model {input.model:q} --result {output.result:q} "
         "--delta {output.delta:q} > {log:q} 2>&1"
+
+
+rule budget:
+    output:
+        result=analysis_file("budget.csv"),
+        meta=analysis_file("budget.json"),
+    input:
+        data=DATASET,
+        trigger=trigger_file(),
+        model=analysed_model,
+        code=code("budget"),
+    params:
+        p=lambda w: as_json({"reactivation": config["reactivation"], "seed": config["seed"]}),
+    log:
+        log_file("budget_{attack}_{model}"),
+    benchmark:
+        bench_file("budget_{attack}_{model}")
+    conda:
+        "../envs/dormant.yaml"
+    wildcard_constraints:
+        model="|".join(BUDGETED) if BUDGETED else "(?!x)x",
+    threads: 1
+    resources:
+        mem_mb=mem_mb("budget"),
+        runtime=runtime_min("budget"),
+        gpu=1,
+    shell:
+        "dormant budget --threads {threads} --params {params.p:q} --dataset {input.data:q} "
+        "--trigger {input.trigger:q} --model {input.model:q} --result {output.result:q} > {log:q} 2>&1"
 
 
 rule observe:

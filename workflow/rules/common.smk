@@ -26,6 +26,9 @@ ATTACKS = sorted(config["attacks"])
 DEFENSES = sorted(config["defenses"])
 MODELS = ["clean", "backdoor"] + DEFENSES  # one table row per (attack, model)
 OBSERVED = ["clean", "backdoor"]  # models of PBE's observation stage
+# The budget ablation (analysis.smk, budget): every defended model, once reactivation.budgets lists an eps.
+BUDGET_POINTS = [(n, e) for n, eps in sorted((config["reactivation"].get("budgets") or {}).items()) for e in eps or []]
+BUDGETED = DEFENSES if BUDGET_POINTS else []
 envvars:
     "PATH",
 
@@ -63,7 +66,7 @@ def runtime_min(rule):
 # Rules that run on the machine running Snakemake, never as a cluster job: prepare_data may download CIFAR-10
 # (compute nodes often have no internet), and the reports only read small JSON/CSV files.
 # Each of them says so itself (`localrule: True`), so that the per-seed copies of seeds.smk stay local too:
-# prepare_data, report, report_blackbox, report_defenses.
+# prepare_data, report, report_blackbox, report_defenses, report_budget.
 
 
 def as_json(obj):

@@ -61,6 +61,12 @@ GRID_ROWS = [
 GRID_FILES = {"csv": report_file("defense_grid.csv"), "md": report_file("defense_grid.md"),
               "fig": report_file("defense_grid.png")}
 REPORT_FILES += list(GRID_FILES.values())
+# The budget ablation (docs/methods.md section 7.6): one CSV per (attack, defense) of rule budget.
+BUDGET_ROWS = [{"attack": a, "defense": d, "type": config["defenses"][d]["type"],
+                "csv": analysis_file("budget.csv", a, d)} for a in ATTACKS for d in BUDGETED]
+BUDGET_FILES = {"csv": report_file("budget.csv"), "md": report_file("budget.md"), "fig": report_file("budget.png")}
+if BUDGET_ROWS:
+    REPORT_FILES += list(BUDGET_FILES.values())
 
 
 rule report:
@@ -159,4 +165,27 @@ rule report_defenses:
         runtime=runtime_min("report_defenses"),
     shell:
         "dormant report-defenses --params '{{}}' --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
+        "--fig {output.fig:q} > {log:q} 2>&1"
+
+
+rule report_budget:
+    localrule: True
+    output:
+        csv=report(BUDGET_FILES["csv"], caption="../report/budget.rst", category="Tables"),
+        md=BUDGET_FILES["md"],
+        fig=report(BUDGET_FILES["fig"], caption="../report/budget.rst", category="Figures"),
+    input:
+        csvs=[r["csv"] for r in BUDGET_ROWS],
+        code=code("report_budget"),
+    params:
+        rows=as_json(BUDGET_ROWS),
+    log:
+        log_file("report_budget"),
+    conda:
+        "../envs/dormant.yaml"
+    resources:
+        mem_mb=mem_mb("report_budget"),
+        runtime=runtime_min("report_budget"),
+    shell:
+        "dormant report-budget --params '{{}}' --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
         "--fig {output.fig:q} > {log:q} 2>&1"

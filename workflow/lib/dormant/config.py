@@ -203,6 +203,14 @@ def _budget_checks(cfg: dict, side: int | None) -> list[str]:
             msgs.append(f"{sec}.eps: {s['eps']} exceeds 1, the whole [0, 1] pixel range of an L-inf budget")
         if s["norm"] == "l2" and diameter is not None and s["eps"] > diameter:
             msgs.append(f"{sec}.eps: {s['eps']} exceeds the L2 diameter {diameter:.4g} of a 3x{side}x{side} image")
+    budgets = cfg["reactivation"].get("budgets") or {}
+    for eps in budgets.get("linf") or []:
+        if eps > 1:
+            msgs.append(f"reactivation.budgets.linf: {eps} exceeds 1, the whole [0, 1] pixel range of an L-inf budget")
+    for eps in budgets.get("l2") or []:
+        if diameter is not None and eps > diameter:
+            msgs.append(f"reactivation.budgets.l2: {eps} exceeds the L2 diameter {diameter:.4g} of a "
+                        f"3x{side}x{side} image")
     if diameter is not None:
         for where, sec in _defense_sections(cfg):
             for name, entry in sec.items():

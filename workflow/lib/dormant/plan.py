@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 # Rules that run a network: they request a GPU (resources: gpu=1) and pay a CUDA start-up on a GPU node.
 GPU_RULES = ("train_clean", "attack_resource", "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe",
-             "query", "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise")
+             "query", "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise",
+             "budget")
 # Rules that run where Snakemake runs (`localrule: True` in their rule; a dry run does not mark them).
-LOCAL_RULES = ("prepare_data", "report", "report_blackbox", "report_defenses", "report_seeds")
+LOCAL_RULES = ("prepare_data", "report", "report_blackbox", "report_defenses", "report_seeds", "report_budget")
 # Rules that train (and so write resume checkpoints): their epochs count checkpoint writes.
 TRAINING_RULES = ("train_clean", "train_backdoor", "defend", "train_surrogate", "defend_surrogate")
 # Within a group job of the cluster profile, the rule that runs after another (evidence reads reactivate's
@@ -173,6 +174,11 @@ def job_work(rule: str, wc: dict, config: dict, *, fast_query: bool = True) -> W
         r = config["reactivation"]
         w.train(arch, r["n_images"], r["epochs"], passes=r.get("steps", 1))
         w.infer(arch, 2 * s.n_test)
+    elif rule == "budget":  # a reactivate job's work at every budget of the list
+        r = config["reactivation"]
+        points = sum(len(v or []) for v in (r.get("budgets") or {}).values())
+        w.train(arch, r["n_images"], r["epochs"], passes=r.get("steps", 1) * points)
+        w.infer(arch, 2 * s.n_test * points)
     elif rule == "observe":
         o = config["observation"]
         w.train(arch, o["n_images"], passes=o.get("steps", 7) + 1)

@@ -1,5 +1,6 @@
 """Stages of ``workflow/rules/analysis.smk``, per (attack, model): metrics (C-ACC, ASR, RA, DER), BEC,
-white-box re-activation with gUAA, and PBE's observation (docs/methods.md sections 3, 6, 7 and 8)."""
+white-box re-activation with gUAA (at one budget and along reactivation.budgets), and PBE's observation
+(docs/methods.md sections 3, 6, 7 and 8)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,30 @@ def reactivate(params: dict, *, dataset: str, trigger: str, model: str, result: 
     save_tensors(deltas, delta, {"budget": res["budget"]})
     write_json(result, sidecar(params, params["seed"], {k: v for k, v in res.items() if not k.startswith("loss")},
                                curves={"loss_reactivated": res["loss_reactivated"], "loss_guaa": res["loss_guaa"]}))
+
+
+@stage(sections=("reactivation", "seed"), outputs=("result",))
+def budget(params: dict, *, dataset: str, trigger: str, model: str, result: str, device="cpu") -> None:
+    """Re-activated and gUAA ASR of one model at every budget of reactivation.budgets (section 7.6).
+
+    Writes a CSV (one row per norm and eps) and its JSON sidecar next to it."""
+    import pandas as pd
+
+    from dormant.attacks import load_attack
+    from dormant.data.imageset import load_dataset
+    from dormant.io import atomic_path
+    from dormant.nets.checkpoint import load_model
+    from dormant.reactivation.budget import COLUMNS, budget_curve
+    from dormant.stages import sidecar_of
+
+    sets = load_dataset(dataset, device)
+    atk = load_attack(trigger, device)
+    cfg = params["reactivation"]
+    rows = budget_curve(load_model(model, device), sets["train"], sets["test"], atk, cfg, cfg.get("budgets"),
+                        params["seed"])
+    with atomic_path(result) as tmp:  # full precision: the report rounds
+        pd.DataFrame.from_records(rows, columns=COLUMNS).to_csv(tmp, index=False)
+    write_json(sidecar_of(result), sidecar(params, params["seed"], {"points": len(rows)}, rows=rows))
 
 
 @stage(sections=("observation", "seed"), outputs=("observation",))

@@ -67,3 +67,13 @@ def report_defenses(params: dict, *, rows: list, csv: str, md: str, fig: str) ->
     from dormant.report.defenses import write_grid
 
     write_grid(rows, csv, md, fig)
+
+
+@stage(sections=(), outputs=("csv", "md", "fig"))
+def report_budget(params: dict, *, rows: list, csv: str, md: str, fig: str) -> None:
+    """Writes the budget ablation: re-activated and gUAA ASR against the budget eps, per defense and norm.
+
+    ``rows``: per (attack, defense) the path of its budget CSV."""
+    from dormant.report.budget import write_budget
+
+    write_budget(rows, csv, md, fig)
