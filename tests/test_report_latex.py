@@ -78,3 +78,15 @@ def test_excluded_reference_rows_take_no_part_in_the_best_value():
     assert plain[0] == ["a", "clean", "\\textbf{93.00}", "\\textbf{1.00}"]
     with pytest.raises(KeyError, match="exclude"):
         latex_table(df, caption="c", label="tab:x", exclude={"defense": ["backdoor"]})
+
+
+def test_mean_and_spread_share_a_cell_and_the_best_is_chosen_by_the_mean():
+    df = pd.DataFrame({"model": ["ft", "nad"], "asr": [10.0, 12.0], "asr_std": [5.0, float("nan")],
+                       "c_acc": [80.0, 81.0], "c_acc_std": [0.5, 0.25]})
+    tex = latex_table(df, caption="c", label="tab:x", pm={"asr": "asr_std", "c_acc": "c_acc_std"})
+    assert "model & asr & c\\_acc \\\\" in tex and "asr\\_std" not in tex
+    rows = _rows(tex)
+    assert rows[0] == ["ft", "\\textbf{10.00 $\\pm$ 5.00}", "80.00 $\\pm$ 0.50"]
+    assert rows[1] == ["nad", "12.00", "\\textbf{81.00 $\\pm$ 0.25}"]  # no spread from a single value
+    with pytest.raises(KeyError, match="pm"):
+        latex_table(df, caption="c", label="tab:x", pm={"ra": "ra_std"})

@@ -11,12 +11,14 @@ NaN with n = 0).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dormant.io import write_text
-from dormant.report.common import savefig, write_csv_tex
+from dormant.report.common import savefig, tex_path, write_csv, write_csv_tex
+from dormant.report.latex import best_for, write_latex
 from dormant.report.style import facets, label_panels, legend_right, model_handles, styles_for, wrap_for
 
 KEYS = ["attack", "model"]
@@ -123,6 +125,17 @@ def read_tables(paths: dict) -> dict[int, pd.DataFrame]:
     return out
 
 
+def paper_view(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The aggregate as the paper shows it: attack, model, seeds, then per metric its mean (named as the metric)
+    and its std (``<metric>_std``, shown in the mean's cell); the counts per metric are left to the CSV."""
+    metrics = [c[: -len("_mean")] for c in agg.columns if c.endswith("_mean")]
+    out = agg[[*KEYS, "seeds"]].copy()
+    for m in metrics:
+        out[m] = agg[f"{m}_mean"]
+        out[f"{m}_std"] = agg[f"{m}_std"]
+    return out, {m: f"{m}_std" for m in metrics}
+
+
 def write_seed_tables(per_seed: dict[int, pd.DataFrame], seeds_csv, mean_csv, md=None,
                       caption: str | None = None) -> pd.DataFrame:
     """Writes the stacked per-seed rows and the aggregate (and its Markdown summary), each CSV also as LaTeX
@@ -130,11 +143,17 @@ def write_seed_tables(per_seed: dict[int, pd.DataFrame], seeds_csv, mean_csv, md
     stacked = stack(per_seed)
     agg = aggregate(stacked)
     what = caption or "metrics"
-    write_csv_tex(stacked, seeds_csv, caption=f"{what.capitalize()} of every run seed, per attack and model",
-                  best={}, group="attack")
-    write_csv_tex(agg, mean_csv, caption=f"{what.capitalize()} over {agg['seeds'].max()} run seeds: mean, sample "
-                  "standard deviation and number of seeds with a value, per attack and model; best defense per "
-                  "attack (by its mean) in bold", exclude={"model": REFS}, group="attack")
+    what = what[0].upper() + what[1:]
+    write_csv_tex(stacked, seeds_csv, caption=f"{what} of every run seed, per attack and model", best={},
+                  group="attack")
+    write_csv(agg, mean_csv)
+    compact, pm = paper_view(agg)
+    best = {c: way for c, way in best_for(list(pm)).items() if c != "queries"}  # queries spent: the budget
+    # label tab:seeds_<stem>: a run's own report has a table.tex / blackbox.tex labelled tab:<stem>
+    write_latex(compact, tex_path(mean_csv), label=f"tab:seeds_{Path(mean_csv).stem}", best=best, pm=pm,
+                exclude={"model": REFS}, group="attack",
+                caption=f"{what} over {int(agg['seeds'].max())} run seeds per attack and model, each cell the mean "
+                        "and, after it, the sample standard deviation; best defense per attack (by its mean) in bold")
     if md is not None:
         write_text(md, summary_markdown(agg))
     return agg
