@@ -58,11 +58,21 @@ def clone(origin):
 
 def test_status_metrics_and_plots_in_origin(origin):
     assert json.loads(run([*DVC, "status", "--json"], origin).stdout) == {}
-    metrics = run([*DVC, "metrics", "show", "--json"], origin).stdout
-    assert '"badnets"' in metrics and '"bec"' in metrics
+    metrics = json.loads(run([*DVC, "metrics", "show", "--json"], origin).stdout)
+    files = metrics[""]["data"]
+    # only real metrics: the report's metrics.json, numbers only (not the CSV tables or the training histories)
+    assert list(files) == ["results/tiny/report/metrics.json"], list(files)
+    data = files["results/tiny/report/metrics.json"]["data"]
+    assert data["badnets"]["backdoor"]["der"] == 50 and "bec" in data["badnets"]["ft"]
+
+    def leaves(obj):
+        return [x for v in obj.values() for x in leaves(v)] if isinstance(obj, dict) else [obj]
+
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves(data))
     plots = json.loads(run([*DVC, "plots", "show", "--json"], origin).stdout)
     names = set(plots["data"])
-    assert any(n.endswith("report/table.csv") for n in names)
+    assert any(n.endswith("report/table.csv") for n in names)  # BEC against ASR
+    assert any(n.endswith("report/query_checkpoints.csv") for n in names)  # ASR against queries
     assert any(n.endswith("history/badnets_backdoor.csv") for n in names)
     assert not plots.get("errors")
     # the checkpoints are in the DVC cache and out of git; the report is in git

@@ -64,3 +64,29 @@ def test_write_latex_is_atomic_text(tmp_path):
     write_latex(_df(), path, caption="c", label="l")
     assert path.read_text().startswith("\\begin{table}") and not list(tmp_path.glob(".*.tmp"))
     assert escape("a_b%~") == "a\\_b\\%\\textasciitilde{}"
+
+
+def test_excluded_reference_rows_take_no_part_in_the_best_value():
+    df = pd.DataFrame({"attack": ["a", "a", "a", "b", "b"], "model": ["clean", "backdoor", "ft", "clean", "nad"],
+                       "c_acc": [93.0, 92.0, 88.0, 93.0, 85.0], "asr": [1.0, 99.0, 12.0, 0.5, 30.0]})
+    tex = latex_table(df, caption="c", label="tab:x", group="attack", exclude={"model": ["clean", "backdoor"]})
+    rows = _rows(tex)
+    assert rows[0] == ["a", "clean", "93.00", "1.00"]  # would be bold for both columns without `exclude`
+    assert rows[2] == ["a", "ft", "\\textbf{88.00}", "\\textbf{12.00}"]
+    assert rows[4] == ["b", "nad", "\\textbf{85.00}", "\\textbf{30.00}"]
+    plain = _rows(latex_table(df, caption="c", label="tab:x", group="attack"))
+    assert plain[0] == ["a", "clean", "\\textbf{93.00}", "\\textbf{1.00}"]
+    with pytest.raises(KeyError, match="exclude"):
+        latex_table(df, caption="c", label="tab:x", exclude={"defense": ["backdoor"]})
+
+
+def test_mean_and_spread_share_a_cell_and_the_best_is_chosen_by_the_mean():
+    df = pd.DataFrame({"model": ["ft", "nad"], "asr": [10.0, 12.0], "asr_std": [5.0, float("nan")],
+                       "c_acc": [80.0, 81.0], "c_acc_std": [0.5, 0.25]})
+    tex = latex_table(df, caption="c", label="tab:x", pm={"asr": "asr_std", "c_acc": "c_acc_std"})
+    assert "model & asr & c\\_acc \\\\" in tex and "asr\\_std" not in tex
+    rows = _rows(tex)
+    assert rows[0] == ["ft", "\\textbf{10.00 $\\pm$ 5.00}", "80.00 $\\pm$ 0.50"]
+    assert rows[1] == ["nad", "12.00", "\\textbf{81.00 $\\pm$ 0.25}"]  # no spread from a single value
+    with pytest.raises(KeyError, match="pm"):
+        latex_table(df, caption="c", label="tab:x", pm={"ra": "ra_std"})

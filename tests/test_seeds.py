@@ -78,6 +78,8 @@ def test_three_seeds_then_a_fourth_runs_only_its_jobs(tmp_path):
         assert r["seeds"] == 3 and r["asr_mean"] == pytest.approx(vals.mean(), abs=1e-4)
         assert r["asr_std"] == pytest.approx(vals.std(ddof=1), abs=1e-4)
     assert (out / "report" / "seeds" / "asr.png").stat().st_size > 0
+    for f in ("asr.pdf", "bec_vs_asr.pdf", "table.tex", "table_seeds.tex", "blackbox.tex", "blackbox_seeds.tex"):
+        assert (out / "report" / "seeds" / f).stat().st_size > 0, f  # the paper's copies
     assert "±" in (out / "report" / "seeds" / "table.md").read_text()
 
     # report_seeds loads only library files that are inputs of its job (test_workflow checks the other stages)

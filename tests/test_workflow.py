@@ -51,6 +51,12 @@ def test_every_artifact_exists_with_sidecar(workdir):
         p = r / "report" / f
         assert p.is_file() and p.stat().st_size > 100, f
     assert (r / "report/bec_vs_asr.png").read_bytes()[:4] == b"\x89PNG"
+    # for the paper: every table of the report also as LaTeX, every figure also as PDF (tests/test_report_paper.py)
+    rep = r / "report"
+    assert sorted(p.stem for p in rep.glob("*.tex")) == sorted(p.stem for p in rep.glob("*.csv"))
+    assert sorted(p.stem for p in rep.glob("*.pdf")) == sorted(p.stem for p in rep.glob("*.png"))
+    assert {"table", "blackbox", "defense_grid"} <= {p.stem for p in rep.glob("*.tex")}
+    assert "\\toprule" in (rep / "table.tex").read_text() and (rep / "query.pdf").read_bytes()[:5] == b"%PDF-"
     assert (workdir / "logs/tiny/train_clean.log").is_file()
     assert (workdir / "benchmarks/tiny/train_clean.tsv").is_file()
 

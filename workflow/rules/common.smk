@@ -69,6 +69,15 @@ def runtime_min(rule):
 # prepare_data, report, report_blackbox, report_defenses, report_budget.
 
 
+def paper_files(outputs):
+    """The paper's copies of a report rule's outputs (dormant.report.common): each table's .csv as LaTeX (.tex),
+    each figure's .png as PDF, written next to it by the same job."""
+    paths = outputs.values() if isinstance(outputs, dict) else outputs
+    sibling = {".csv": ".tex", ".png": ".pdf"}
+    return [os.path.splitext(p)[0] + sibling[os.path.splitext(p)[1]] for p in paths
+            if os.path.splitext(p)[1] in sibling]
+
+
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 

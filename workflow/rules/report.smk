@@ -1,4 +1,5 @@
-# The tidy table (CSV + Markdown) and the figures.
+# The tidy table (CSV + Markdown) and the figures; for the paper each table also as LaTeX (.tex) and each figure
+# as PDF, next to it (paper_files, common.smk).
 # Stages: workflow/lib/dormant/stages/report.py (one function per rule, same name).
 
 ROWS = [
@@ -34,7 +35,7 @@ TABLE_FILES = {
     "rounds_csv": report_file("pbe_rounds.csv"),
     "fig_rounds": report_file("pbe_rounds.png"),
 }
-REPORT_FILES = [*TABLE_FILES.values(), *HISTORIES]
+REPORT_FILES = [*TABLE_FILES.values(), *HISTORIES, *paper_files(TABLE_FILES)]
 BLACKBOX_FILES = {
     "summary_csv": report_file("blackbox.csv"),
     "checkpoints_csv": report_file("query_checkpoints.csv"),
@@ -47,7 +48,7 @@ BLACKBOX_FILES = {
     "fig_checkpoints": report_file("query_checkpoints.png"),
     "fig_noise": report_file("evidence_noise.png"),
 }
-REPORT_FILES += list(BLACKBOX_FILES.values())
+REPORT_FILES += [*BLACKBOX_FILES.values(), *paper_files(BLACKBOX_FILES)]
 _GRID_ORDER = ["ft", "fp", "nad", "nc", "anp", "ibau", "ftsam", "sau", "fst", "clp", "aft", "pbe"]  # as in the issue
 # The attack x defense grid: metrics of the backdoored and every defended model, and what each defense decided.
 GRID_ROWS = [
@@ -60,13 +61,13 @@ GRID_ROWS = [
 ]
 GRID_FILES = {"csv": report_file("defense_grid.csv"), "md": report_file("defense_grid.md"),
               "fig": report_file("defense_grid.png")}
-REPORT_FILES += list(GRID_FILES.values())
+REPORT_FILES += [*GRID_FILES.values(), *paper_files(GRID_FILES)]
 # The budget ablation (docs/methods.md section 7.6): one CSV per (attack, defense) of rule budget.
 BUDGET_ROWS = [{"attack": a, "defense": d, "type": config["defenses"][d]["type"],
                 "csv": analysis_file("budget.csv", a, d)} for a in ATTACKS for d in BUDGETED]
 BUDGET_FILES = {"csv": report_file("budget.csv"), "md": report_file("budget.md"), "fig": report_file("budget.png")}
 if BUDGET_ROWS:
-    REPORT_FILES += list(BUDGET_FILES.values())
+    REPORT_FILES += [*BUDGET_FILES.values(), *paper_files(BUDGET_FILES)]
 
 
 rule report:
@@ -87,6 +88,7 @@ rule report:
             caption="../report/history.rst",
             category="Training histories",
         ),
+        paper=paper_files(TABLE_FILES),  # for the paper: each table as LaTeX, each figure as PDF
     input:
         rows=[r[k] for r in ROWS for k in ("metrics", "bec", "reactivation", "query", "transfer")],
         data=DATASET,
@@ -123,6 +125,7 @@ rule report_blackbox:
     output:
         **{k: report(v, caption="../report/blackbox.rst", category="Black-box re-activation")
            for k, v in BLACKBOX_FILES.items()},
+        paper=paper_files(BLACKBOX_FILES),
     input:
         rows=[r[k] for r in ROWS for k in ("reactivation", "query", "transfer", "evidence") if r[k]],
         code=code("report_blackbox"),
@@ -150,6 +153,7 @@ rule report_defenses:
         csv=report(GRID_FILES["csv"], caption="../report/defense_grid.rst", category="Tables"),
         md=GRID_FILES["md"],
         fig=report(GRID_FILES["fig"], caption="../report/defense_grid.rst", category="Figures"),
+        paper=paper_files(GRID_FILES),
     input:
         metrics=[r["metrics"] for r in GRID_ROWS],
         sidecars=[r["sidecar"] for r in GRID_ROWS if r["sidecar"]],
@@ -174,6 +178,7 @@ rule report_budget:
         csv=report(BUDGET_FILES["csv"], caption="../report/budget.rst", category="Tables"),
         md=BUDGET_FILES["md"],
         fig=report(BUDGET_FILES["fig"], caption="../report/budget.rst", category="Figures"),
+        paper=paper_files(BUDGET_FILES),
     input:
         csvs=[r["csv"] for r in BUDGET_ROWS],
         code=code("report_budget"),

@@ -36,12 +36,15 @@ SEEDS_FILES = {
     "fig_asr": f"{SEEDS_DIR}/asr.png",
     "fig_bec": f"{SEEDS_DIR}/bec_vs_asr.png",
 }
+paper_files = globals()[f"seed{SEEDS[0]}"].paper_files  # common.smk's, as every seed's module has it
+SEEDS_PAPER = paper_files(SEEDS_FILES)  # each table also as LaTeX, each figure as PDF
 
 
 rule report_seeds:
     localrule: True
     output:
         **SEEDS_FILES,
+        paper=SEEDS_PAPER,
     input:
         tables=list(SEED_TABLES.values()),
         blackbox=list(SEED_BLACKBOX.values()),
@@ -63,4 +66,4 @@ rule report_seeds:
         + " > {log:q} 2>&1"
 
 # Every seed's report (its module's REPORT_FILES) and the tables over seeds: the Snakefile's `all`.
-TARGETS = [f for s in SEEDS for f in globals()[f"seed{s}"].REPORT_FILES] + list(SEEDS_FILES.values())
+TARGETS = [f for s in SEEDS for f in globals()[f"seed{s}"].REPORT_FILES] + list(SEEDS_FILES.values()) + SEEDS_PAPER

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     from dormant.data.imageset import load_dataset
     from dormant.nets.checkpoint import load_model
     from dormant.report import table as report
+    from dormant.report.latex import write_latex
 
     df = table(root, args.name, attacks)
     data = load_dataset(root / "results" / args.name / "data" / "dataset.safetensors")
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
         lines.append("| " + " | ".join(f"{r[c]:.0f}" if c.endswith("_s") else f"{r[c]:.1f}"
                                         if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     (out / "attacks.md").write_text("\n".join(lines) + "\n")
+    write_latex(df[cols], out / "attacks.tex", label="tab:attacks", best={}, digits=1,
+                caption="The attack zoo: C-ACC, ASR and RA of each backdoored model, the clean model under each "
+                        "trigger, and the cost of training it (seconds)")
     print("\n".join(lines))
     report.figure_trigger_gallery(data["test"], triggers, out / "triggers.png", n=2, seed=params["seed"])
     ok = df[(df.asr >= 80) & (df.acc_drop <= 5)]

@@ -20,9 +20,28 @@ import pandas as pd
 
 from dormant.io import read_json
 from dormant.reactivation.query import queries_to_reach
-from dormant.report.common import savefig, write_csv
+from dormant.report.common import savefig, write_csv_tex
+from dormant.report.latex import best_for
+from dormant.report.style import facets, label_panels, legend_right, model_handles, styles_for, wrap_for
 
 REACH = 0.9  # "queries to reach 90% of the white-box ASR"
+_REFS = {"model": ("clean", "backdoor")}  # reference models: no candidates for the best value
+#: per table: its caption and which values are marked best (long tables mark none)
+LATEX = {
+    "summary": {"caption": "Re-activated ASR of the backdoored, clean and defended models: white-box, query-based "
+                           "(queries spent, queries to reach 90% of the white-box ASR, query gUAA baseline) and "
+                           "transferred from each surrogate set and variant; best defense per attack in bold",
+                "exclude": _REFS, "group": "attack"},
+    "checkpoints": {"caption": "Query-based re-activation vs. the gUAA baseline: ASR at fixed query counts per "
+                               "attack and model", "best": {}, "group": "attack"},
+    "transfer": {"caption": "Transfer-based re-activation: ASR of each surrogate set's perturbation (per variant) "
+                            "on every target model; seen marks a defense method the attacker also used",
+                 "best": {}, "group": "attack"},
+    "cka": {"caption": "Linear CKA between each model's features on re-activated, gUAA and triggered images and "
+                       "the backdoored model's features on triggered images", "best": {}, "group": "attack"},
+    "noise": {"caption": "ASR under uniform random L-infinity noise of the trigger, the re-activated and the gUAA "
+                         "perturbations, per attack and model", "best": {}, "group": "attack"},
+}
 
 
 def _order(df: pd.DataFrame, models: list[str]) -> pd.DataFrame:
@@ -92,30 +111,32 @@ def evidence_tables(rows: list[dict], models: list[str]) -> tuple[pd.DataFrame, 
 
 
 def figure_query(rows: list[dict], path) -> None:
-    """Batch ASR against queries spent, re-activation (solid) vs gUAA (dashed), per attack."""
-    attacks = sorted({r["attack"] for r in rows})
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.0 * len(attacks), 3.6), squeeze=False)
-    for ax, a in zip(axes[0], attacks):
-        for i, r in enumerate(x for x in rows if x["attack"] == a):
+    """Batch ASR against queries spent, re-activation (solid) vs gUAA (dashed); one panel per attack (shared
+    axes, wrapping), every model in its own colour and marker."""
+    looks = styles_for(r["model"] for r in rows)
+    fig, axes = facets(sorted({r["attack"] for r in rows}), panel=(4.0, 3.2))
+    for a, ax in axes.items():
+        for r in (x for x in rows if x["attack"] == a):
             curves = read_json(r["query"], keys=("curves",))["curves"]
-            c = plt.cm.tab10(i % 10)
+            lk = looks[r["model"]]
             for name, style in (("reactivated", "-"), ("guaa", "--")):
                 cur = curves[name]
-                ax.plot([p[0] for p in cur], [100 * p[1] for p in cur], style, color=c, lw=1,
-                        label=r["model"] if name == "reactivated" else None)
-        ax.set_title(f"{a}: query-based (solid) vs gUAA (dashed)", fontsize=8)
-        ax.set_xlabel("queries")
-        ax.set_ylabel("batch ASR (%)")
+                ax.plot([p[0] for p in cur], [100 * p[1] for p in cur], style, color=lk.color, lw=1,
+                        marker=lk.marker, ms=4, markevery=max(1, len(cur) // 5))
+        ax.set_title(a, fontsize=9)
         ax.set_ylim(-3, 103)
-        ax.legend(fontsize=6, frameon=False)
+    label_panels(axes, "queries", "batch ASR (%)")
+    from matplotlib.lines import Line2D
+
+    legend_right(fig, {"query-based re-activation": Line2D([], [], color="0.3", ls="-"),
+                       "gUAA": Line2D([], [], color="0.3", ls="--")} | model_handles(looks, looks))
     savefig(fig, path)
 
 
 def figure_transfer(df: pd.DataFrame, path) -> None:
     """Transfer ASR per target model, one bar per (surrogate set, variant); hatched = seen defense method."""
-    attacks = sorted(df["attack"].unique())
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 3.6), squeeze=False)
-    for ax, a in zip(axes[0], attacks):
+    fig, axes = facets(sorted(df["attack"].unique()), panel=(5.0, 3.4), sharex=False)
+    for a, ax in axes.items():
         sub = df[df["attack"] == a]
         models = list(dict.fromkeys(sub["model"]))
         keys = list(dict.fromkeys(zip(sub["surrogate"], sub["variant"])))
@@ -149,13 +170,24 @@ def _finish(ax, fig, path, xlabel, ylabel, title, ylim=(-3, 103)) -> None:
 
 
 def figure_cka(cka: pd.DataFrame, path) -> None:
-    """(a) Linear CKA with the backdoored model's features on triggered images, per model."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cka)), 3.6))
+    """(a) Linear CKA with the backdoored model's features on triggered images, per model; one panel per attack."""
+    attacks = sorted(cka["attack"].unique()) or ["(none)"]
+    n = max([(cka["attack"] == a).sum() for a in attacks] + [1])
+    width = max(3.6, 0.5 * n + 1.0)  # bars of every model side by side
+    fig, axes = facets(attacks, panel=(width, 3.0), wrap=wrap_for(width), sharex=False)
     w = 0.27
-    for k, (col, color) in enumerate((("trigger", "0.55"), ("reactivated", "tab:red"), ("guaa", "tab:blue"))):
-        ax.bar([i + (k - 1) * w for i in range(len(cka))], cka[col], w, color=color, label=col)
-    ax.set_xticks(range(len(cka)), [f"{a}\n{m}" for a, m in zip(cka["attack"], cka["model"])], fontsize=6)
-    _finish(ax, fig, path, "", "linear CKA with f_A(x + trigger)", "(a) feature similarity", ylim=(0, 1.05))
+    for a, ax in axes.items():
+        sub = cka[cka["attack"] == a].reset_index(drop=True)
+        for k, (col, color) in enumerate((("trigger", "0.55"), ("reactivated", "tab:red"), ("guaa", "tab:blue"))):
+            ax.bar([i + (k - 1) * w for i in range(len(sub))], sub[col], w, color=color, label=col)
+        ax.set_xticks(range(len(sub)), sub["model"], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(a, fontsize=9)
+    first = next(iter(axes.values()))
+    label_panels(axes, "", "linear CKA with f_A(x + trigger)")
+    legend_right(fig, dict(zip(*reversed(first.get_legend_handles_labels()))))
+    fig.suptitle("(a) feature similarity", fontsize=9)
+    savefig(fig, path)
 
 
 def figure_checkpoints(checkpoints: pd.DataFrame, path) -> None:
@@ -190,7 +222,8 @@ def write_all(rows: list[dict], surrogates: dict, model_types: dict, models: lis
     cka, noise = evidence_tables(rows, models)
     for key, df in (("summary", summary), ("checkpoints", checkpoints), ("transfer", transfer), ("cka", cka),
                     ("noise", noise)):
-        write_csv(df, out[key])
+        best = {c: w for c, w in best_for(df.columns).items() if c != "queries"} if key == "summary" else None
+        write_csv_tex(df, out[key], **({"best": best} if best is not None else {}), **LATEX[key])
     figure_query(rows, out["fig_query"])
     figure_transfer(transfer, out["fig_transfer"])
     figure_cka(cka, out["fig_cka"])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from dormant.errors import CheckpointError
 from dormant.io import write_text
-from dormant.report.common import savefig, to_markdown, write_csv
+from dormant.report.common import savefig, to_markdown, write_csv_tex
 
 COLUMNS = ["attack", "defense", "type", "norm", "eps", "asr_trigger", "asr_reactivated", "asr_guaa", "gap",
            "asr_clean"]
@@ -79,7 +79,9 @@ def figure_budget(df: pd.DataFrame, path) -> None:
 
 def write_budget(rows: list[dict], csv_path, md_path, fig_path) -> pd.DataFrame:
     df = budget_table(rows)
-    write_csv(df, csv_path)
+    write_csv_tex(df, csv_path, best={},
+                  caption="Budget ablation: white-box re-activated (RA) and gUAA ASR (%) per defense at each "
+                          "perturbation budget eps ([0, 1] pixel scale); gap = RA - gUAA")
     write_text(md_path, "Re-activated (RA) and gUAA ASR (%) at each budget eps ([0, 1] pixel scale); "
                         "asr_trigger is the model's ASR without delta, gap = RA - gUAA.\n\n" + to_markdown(df))
     figure_budget(df, fig_path)

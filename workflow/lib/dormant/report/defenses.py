@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dormant.io import read_json, write_text
-from dormant.report.common import savefig, to_markdown, write_csv
+from dormant.report.common import savefig, to_markdown, write_csv_tex
 
 COLUMNS = ["attack", "defense", "type", "c_acc", "asr", "ra", "der", "changed", "flagged", "decision"]
 
@@ -72,9 +72,13 @@ def figure_grid(df: pd.DataFrame, path) -> None:
     savefig(fig, path)
 
 
+GRID_CAPTION = ("The attack x defense grid: C-ACC, ASR, RA and DER of each defended model next to the backdoored "
+                "one, and what each defense decided; best defense per attack in bold")
+
+
 def write_grid(rows: list[dict], csv_path, md_path, fig_path) -> pd.DataFrame:
     df = grid_table(rows)
-    write_csv(df, csv_path)
+    write_csv_tex(df, csv_path, caption=GRID_CAPTION, exclude={"defense": ("backdoor",)}, group="attack")
     write_text(md_path, to_markdown(df))
     figure_grid(df, fig_path)
     return df

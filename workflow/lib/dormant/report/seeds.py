@@ -11,15 +11,18 @@ NaN with n = 0).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from dormant.io import write_text
-from dormant.report.common import savefig, write_csv
+from dormant.report.common import savefig, tex_path, write_csv, write_csv_tex
+from dormant.report.latex import best_for, write_latex
+from dormant.report.style import facets, label_panels, legend_right, model_handles, styles_for, wrap_for
 
 KEYS = ["attack", "model"]
+REFS = ("clean", "backdoor")  # reference models: no candidates for a table's best value
 # The columns of the Markdown summary, as "mean ± std" (all numeric columns are in the CSV)
 SUMMARY = ["c_acc", "asr", "ra", "der", "bec", "asr_reactivated", "asr_guaa", "asr_query"]
 
@@ -64,45 +67,50 @@ def summary_markdown(agg: pd.DataFrame, columns: list[str] = SUMMARY, digits: in
 
 
 def figure_asr(agg: pd.DataFrame, path) -> None:
-    """Per attack: ASR after the defense and after white-box re-activation per model, mean over seeds with
-    standard-deviation error bars."""
+    """Per attack (one panel each, shared axes, wrapping): ASR after the defense (light) and after white-box
+    re-activation (solid, the model's marker on top) per model, mean over seeds with standard-deviation error
+    bars; each model in its own colour and marker."""
+    looks = styles_for(agg["model"])
     attacks = list(dict.fromkeys(agg["attack"]))
-    fig, axes = plt.subplots(1, len(attacks), figsize=(max(4.0, 0.7 * agg.shape[0] + 2), 3.6), squeeze=False,
-                             sharey=True)
+    n = max([(agg["attack"] == a).sum() for a in attacks] + [1])
+    width = max(3.6, 0.5 * n + 1.0)  # bars of every model side by side
+    fig, axes = facets(attacks, panel=(width, 3.2), wrap=wrap_for(width), sharex=False)
     w = 0.38
-    for ax, a in zip(axes[0], attacks):
-        d = agg[agg["attack"] == a]
-        x = np.arange(len(d))
-        for off, col, label, color in ((-w / 2, "asr", "after the defense", "0.55"),
-                                       (w / 2, "asr_reactivated", "white-box re-activation", "tab:red")):
-            ax.bar(x + off, d[f"{col}_mean"], w, yerr=d[f"{col}_std"].fillna(0), capsize=2, label=label,
-                   color=color)
-        ax.set_xticks(x, d["model"], rotation=45, ha="right", fontsize=7)
+    for a, ax in axes.items():
+        d = agg[agg["attack"] == a].reset_index(drop=True)
+        for i, r in d.iterrows():
+            lk = looks[r["model"]]
+            for off, col, alpha in ((-w / 2, "asr", 0.35), (w / 2, "asr_reactivated", 1.0)):
+                ax.bar(i + off, r[f"{col}_mean"], w, yerr=np.nan_to_num(r[f"{col}_std"]), capsize=2,
+                       color=lk.color, alpha=alpha)
+            if not math.isnan(r["asr_reactivated_mean"]):
+                ax.plot(i + w / 2, r["asr_reactivated_mean"] + np.nan_to_num(r["asr_reactivated_std"]) + 4, ls="",
+                        marker=lk.marker, color=lk.color, ms=5)
+        ax.set_xticks(range(len(d)), d["model"], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{a} (n = {int(d['seeds'].max())} seeds)", fontsize=9)
-        ax.set_ylim(0, 105)
-    axes[0][0].set_ylabel("ASR (%), mean ± std")
-    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_ylim(0, 112)
+    label_panels(axes, "", "ASR (%), mean ± std")
+    from matplotlib.patches import Patch
+
+    legend_right(fig, {"after the defense": Patch(color="0.3", alpha=0.35),
+                       "white-box re-activation": Patch(color="0.3")} | model_handles(looks, looks))
     savefig(fig, path)
 
 
 def figure_bec_vs_asr(agg: pd.DataFrame, path) -> None:
-    """BEC vs ASR per (attack, model), mean over seeds with standard deviations on both axes."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    markers = dict(zip(dict.fromkeys(agg["attack"]), "osD^vP*Xh"))
-    models = list(dict.fromkeys(agg["model"]))
-    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(models)}
-    for _, r in agg.iterrows():
-        ax.errorbar(r["asr_mean"], r["bec_mean"], xerr=np.nan_to_num(r["asr_std"]),
-                    yerr=np.nan_to_num(r["bec_std"]), fmt=markers[r["attack"]], color=colors[r["model"]],
-                    ms=6, capsize=2, lw=0.8)
-    for a, mk in markers.items():
-        ax.plot([], [], mk, color="0.3", label=f"attack: {a}")
-    for m, c in colors.items():
-        ax.plot([], [], "s", color=c, label=m)
-    ax.set_xlabel("ASR (%), mean ± std")
-    ax.set_ylabel("BEC, mean ± std")
-    ax.set_xlim(-3, 103)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    """BEC vs ASR per (attack, model), mean over seeds with standard deviations on both axes; one panel per
+    attack (shared axes, wrapping), each model in its own colour and marker."""
+    looks = styles_for(agg["model"])
+    fig, axes = facets(list(dict.fromkeys(agg["attack"])))
+    for a, ax in axes.items():
+        for _, r in agg[agg["attack"] == a].iterrows():
+            lk = looks[r["model"]]
+            ax.errorbar(r["asr_mean"], r["bec_mean"], xerr=np.nan_to_num(r["asr_std"]),
+                        yerr=np.nan_to_num(r["bec_std"]), fmt=lk.marker, color=lk.color, ms=6, capsize=2, lw=0.8)
+        ax.set_xlim(-3, 103)
+        ax.set_title(a, fontsize=9)
+    label_panels(axes, "ASR (%), mean ± std", "BEC, mean ± std")
+    legend_right(fig, model_handles(looks, looks))
     savefig(fig, path)
 
 
@@ -117,12 +125,35 @@ def read_tables(paths: dict) -> dict[int, pd.DataFrame]:
     return out
 
 
-def write_seed_tables(per_seed: dict[int, pd.DataFrame], seeds_csv, mean_csv, md=None) -> pd.DataFrame:
-    """Writes the stacked per-seed rows and the aggregate (and its Markdown summary); returns the aggregate."""
+def paper_view(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The aggregate as the paper shows it: attack, model, seeds, then per metric its mean (named as the metric)
+    and its std (``<metric>_std``, shown in the mean's cell); the counts per metric are left to the CSV."""
+    metrics = [c[: -len("_mean")] for c in agg.columns if c.endswith("_mean")]
+    out = agg[[*KEYS, "seeds"]].copy()
+    for m in metrics:
+        out[m] = agg[f"{m}_mean"]
+        out[f"{m}_std"] = agg[f"{m}_std"]
+    return out, {m: f"{m}_std" for m in metrics}
+
+
+def write_seed_tables(per_seed: dict[int, pd.DataFrame], seeds_csv, mean_csv, md=None,
+                      caption: str | None = None) -> pd.DataFrame:
+    """Writes the stacked per-seed rows and the aggregate (and its Markdown summary), each CSV also as LaTeX
+    (``caption``: what the tables hold, e.g. "black-box re-activation"); returns the aggregate."""
     stacked = stack(per_seed)
     agg = aggregate(stacked)
-    write_csv(stacked, seeds_csv)
+    what = caption or "metrics"
+    what = what[0].upper() + what[1:]
+    write_csv_tex(stacked, seeds_csv, caption=f"{what} of every run seed, per attack and model", best={},
+                  group="attack")
     write_csv(agg, mean_csv)
+    compact, pm = paper_view(agg)
+    best = {c: way for c, way in best_for(list(pm)).items() if c != "queries"}  # queries spent: the budget
+    # label tab:seeds_<stem>: a run's own report has a table.tex / blackbox.tex labelled tab:<stem>
+    write_latex(compact, tex_path(mean_csv), label=f"tab:seeds_{Path(mean_csv).stem}", best=best, pm=pm,
+                exclude={"model": REFS}, group="attack",
+                caption=f"{what} over {int(agg['seeds'].max())} run seeds per attack and model, each cell the mean "
+                        "and, after it, the sample standard deviation; best defense per attack (by its mean) in bold")
     if md is not None:
         write_text(md, summary_markdown(agg))
     return agg

@@ -24,7 +24,9 @@ from dormant.analysis.metrics import poisoned_test_index
 from dormant.data.augment import to_float
 from dormant.errors import ConfigError
 from dormant.io import read_json, write_json, write_text
-from dormant.report.common import savefig, to_markdown, write_csv
+from dormant.report.common import savefig, to_markdown, write_csv, write_csv_tex
+from dormant.report.latex import best_for
+from dormant.report.style import facets, label_panels, legend_right, model_handles, styles_for, wrap_for
 
 TRANSFER_VARIANT = "mom"  # the reference code's momentum form (docs/methods.md section 7.4)
 COLUMNS = ["attack", "model", "c_acc", "asr", "ra", "der", "bec", "bec_5", "bec_10", "bec_20", "bec_minmax",
@@ -105,10 +107,22 @@ def method_variants(rows: list[dict], defenses: dict | None, params: dict) -> li
     return out
 
 
+REFERENCE_MODELS = ("clean", "backdoor")  # not candidates for a table's best value: the defenses are compared
+TABLE_CAPTION = ("Clean accuracy (C-ACC), attack success rate (ASR), robust accuracy (RA), defense effectiveness "
+                 "(DER), backdoor existence coefficient (BEC) and ASR after re-activation and of gUAA, per attack "
+                 "and model; best defense per attack in bold (the clean and backdoored models are references)")
+OBSERVATION_CAPTION = ("PBE's observation: share of untargeted adversarial examples that succeed and that land on "
+                       "the target class, and feature cosine similarities, clean vs. backdoored model per attack")
+ROUNDS_CAPTION = ("Progressive Backdoor Erasing per round: selected subset, its precision, and C-ACC, ASR and RA "
+                  "after the round")
+
+
 def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None, notes: list[str] | None = None) -> None:
     """CSV (for pandas and DVC plots), Markdown (for people; ``notes`` as a list under it) and nested JSON (for
-    ``dvc metrics``)."""
-    write_csv(df, csv_path)
+    ``dvc metrics``: attack -> model -> metric -> number, undefined metrics left out). The CSV also as LaTeX."""
+    best = {c: way for c, way in best_for(df.columns).items() if c != "queries"}  # spent: the search's budget
+    write_csv_tex(df, csv_path, caption=TABLE_CAPTION, best=best, exclude={"model": REFERENCE_MODELS},
+                  group="attack")
     md = to_markdown(df)
     if notes:
         md = md.rstrip("\n") + "\n\nMethod variants:\n\n" + "".join(f"- {n}\n" for n in notes)
@@ -116,9 +130,10 @@ def write_table(df: pd.DataFrame, csv_path, md_path, json_path=None, notes: list
     if json_path is not None:
         nested: dict = {}
         for _, r in df.iterrows():
+            # numbers only (``dvc metrics show`` lists each): a metric undefined for a model (NaN) is left out
             nested.setdefault(r["attack"], {})[r["model"]] = {
-                k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 4))
-                for k, v in r.items() if k not in ("attack", "model")}
+                k: round(float(v), 4) for k, v in r.items()
+                if k not in ("attack", "model") and v is not None and not (isinstance(v, float) and math.isnan(v))}
         write_json(json_path, nested)
 
 
@@ -135,44 +150,55 @@ def write_history(sidecar, csv_path) -> pd.DataFrame:
 
 
 def figure_bec_vs_asr(df: pd.DataFrame, path) -> None:
-    """Figure 1 of Zhu et al.: defenses drive ASR down while BEC stays high."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    markers = dict(zip(sorted(df["attack"].unique()), "osD^vP*Xh"))
-    models = [m for m in df["model"].unique() if m not in ("clean", "backdoor")]
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    colors.update({"clean": "0.6", "backdoor": "black"})
-    for _, r in df.iterrows():
-        ax.scatter(r["asr"], r["bec"], marker=markers[r["attack"]], color=colors[r["model"]], s=60,
-                   edgecolor="white", linewidth=0.5, zorder=3)
-    for a, mk in markers.items():
-        ax.scatter([], [], marker=mk, color="0.3", label=f"attack: {a}")
-    for m, c in colors.items():
-        if m in set(df["model"]):
-            ax.scatter([], [], marker="s", color=c, label=m)
-    ax.axhline(0, color="0.8", lw=0.8, zorder=1)
-    ax.axhline(1, color="0.8", lw=0.8, zorder=1)
-    ax.set_xlabel("ASR (%)")
-    ax.set_ylabel("BEC")
-    ax.set_xlim(-3, 103)
-    ax.set_title("Backdoor existence vs. attack success")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    """Figure 1 of Zhu et al.: defenses drive ASR down while BEC stays high. One panel per attack (shared axes,
+    wrapping), every model in its own colour and marker (:mod:`dormant.report.style`)."""
+    looks = styles_for(df["model"])
+    fig, axes = facets(sorted(df["attack"].unique()))
+    for a, ax in axes.items():
+        sub = df[df["attack"] == a]
+        for _, r in sub.iterrows():
+            lk = looks[r["model"]]
+            ax.scatter(r["asr"], r["bec"], marker=lk.marker, color=lk.color, s=55, edgecolor="white",
+                       linewidth=0.5, zorder=3)
+        ax.axhline(0, color="0.85", lw=0.8, zorder=1)
+        ax.axhline(1, color="0.85", lw=0.8, zorder=1)
+        ax.set_xlim(-3, 103)
+        ax.set_title(a, fontsize=9)
+    label_panels(axes, "ASR (%)", "BEC")
+    legend_right(fig, model_handles(looks, looks))
+    fig.suptitle("Backdoor existence vs. attack success", fontsize=10)
     savefig(fig, path)
 
 
 def figure_reactivation(df: pd.DataFrame, path) -> None:
-    """ASR with the original trigger, after white-box re-activation, and of the gUAA baseline, per model."""
-    labels = [f"{a}\n{m}" for a, m in zip(df["attack"], df["model"])]
-    x = range(len(df))
+    """ASR with the original trigger (light), after white-box re-activation (solid, the model's marker on top)
+    and of the gUAA baseline (hatched), per model; one panel per attack, shared axes, wrapping."""
+    looks = styles_for(df["model"])
+    attacks = sorted(df["attack"].unique())
+    n = max((df["attack"] == a).sum() for a in attacks) if attacks else 1
+    width = max(3.6, 0.55 * n + 1.0)  # bars of every model side by side
+    fig, axes = facets(attacks, panel=(width, 3.0), wrap=wrap_for(width), sharex=False)
     w = 0.27
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(df)), 3.8))
-    ax.bar([i - w for i in x], df["asr"], w, label="original trigger", color="0.55")
-    ax.bar(list(x), df["asr_reactivated"], w, label="trigger + re-activation", color="tab:red")
-    ax.bar([i + w for i in x], df["asr_guaa"], w, label="gUAA (no trigger)", color="tab:blue")
-    ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("ASR (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Re-activation restores the backdoor")
+    for a, ax in axes.items():
+        sub = df[df["attack"] == a].reset_index(drop=True)
+        for i, r in sub.iterrows():
+            lk = looks[r["model"]]
+            ax.bar(i - w, r["asr"], w, color=lk.color, alpha=0.35)
+            ax.bar(i, r["asr_reactivated"], w, color=lk.color)
+            ax.bar(i + w, r["asr_guaa"], w, color="white", edgecolor=lk.color, hatch="////", lw=0.6)
+            if not math.isnan(r["asr_reactivated"]):
+                ax.plot(i, r["asr_reactivated"] + 4, ls="", marker=lk.marker, color=lk.color, ms=5)
+        ax.set_xticks(range(len(sub)), sub["model"], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 110)
+        ax.set_title(a, fontsize=9)
+    label_panels(axes, "", "ASR (%)")
+    from matplotlib.patches import Patch
+
+    legend_right(fig, {"original trigger": Patch(color="0.3", alpha=0.35),
+                       "trigger + re-activation": Patch(color="0.3"),
+                       "gUAA (no trigger)": Patch(facecolor="white", edgecolor="0.3", hatch="////")}
+                 | model_handles(looks, looks))
+    fig.suptitle("Re-activation restores the backdoor", fontsize=10)
     savefig(fig, path)
 
 

@@ -25,12 +25,12 @@ def report(params: dict, *, rows: list[dict], dataset: str, triggers: dict, tabl
     rep.write_table(df, table_csv, table_md, table_json, notes=rep.method_variants(rows, defenses, params))
     if observations is not None and observation_csv:
         obs = rep.observation_table(observations)
-        rep.write_csv(obs[rep.OBSERVATION_COLUMNS], observation_csv)
+        rep.write_csv_tex(obs[rep.OBSERVATION_COLUMNS], observation_csv, caption=rep.OBSERVATION_CAPTION, best={})
         if fig_observation:
             rep.figure_observation(obs, fig_observation)
     if defenses is not None and rounds_csv:
         rounds = rep.rounds_table(defenses)
-        rep.write_csv(rounds, rounds_csv)
+        rep.write_csv_tex(rounds, rounds_csv, caption=rep.ROUNDS_CAPTION, best={}, group="attack")
         if fig_rounds:
             rep.figure_rounds(rounds, fig_rounds)
     for csv_path, model_json in (histories or {}).items():

@@ -16,7 +16,9 @@ def report_seeds(params: dict, *, tables: dict, blackbox: dict, table_seeds_csv:
 
     if sorted(int(s) for s in tables) != sorted(params["seeds"]):
         raise ValueError(f"tables of seeds {sorted(tables)} do not match params seeds {params['seeds']}")
-    agg = rep.write_seed_tables(rep.read_tables(tables), table_seeds_csv, table_csv, table_md)
-    rep.write_seed_tables(rep.read_tables(blackbox), blackbox_seeds_csv, blackbox_csv)
+    agg = rep.write_seed_tables(rep.read_tables(tables), table_seeds_csv, table_csv, table_md,
+                                caption="the main table's metrics")
+    rep.write_seed_tables(rep.read_tables(blackbox), blackbox_seeds_csv, blackbox_csv,
+                          caption="black-box re-activation")
     rep.figure_asr(agg, fig_asr)
     rep.figure_bec_vs_asr(agg, fig_bec)
