@@ -54,7 +54,7 @@ grid: setup
 
 # The dormancy leaderboard on the CPU (config/grid.yaml; docs/results.md "The dormancy leaderboard"): the grid's
 # defended models, then BEC and the three re-activations of each, then results/grid/report/leaderboard.{csv,md,tex,
-# png,pdf,html}. Estimated at about 75 minutes on 2 cores (docs/results.md).
+# png,pdf,html}. Estimated (not measured) at about 70 minutes on 2 cores (docs/results.md).
 leaderboard: setup
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/grid.yaml -- results/grid/report/leaderboard.html
 
