@@ -19,7 +19,7 @@ from dormant.report.leaderboard import build_leaderboard, first_reach, queries_t
 # (attack, defense): c_acc, asr, headline bec, white-box ASR, query ASR, query curve (queries, batch ASR 0-1)
 CASES = {
     ("badnets", "ft"): (57.7, 58.2, 0.81, 80.0, 70.0, [[1, 0.10, 0], [50, 0.60, 0], [120, 0.72, 0], [300, 0.74, 0]]),
-    ("badnets", "pbe"): (50.1, 97.3, 0.95, 98.0, 97.0, [[1, 0.99, 0]]),
+    ("badnets", "pbe"): (50.1, 97.3, 0.95, 98.0, 97.0, [[1, 0.5, 0], [9, 0.99, 0]]),  # needs 0.882: at 9
     ("blended", "ft"): (56.0, 85.8, 0.70, 40.0, 20.0, [[1, 0.05, 0], [300, 0.35, 0]]),  # needs 0.36: never
     ("blended", "fst"): (42.5, 3.2, 0.10, 0.0, 0.0, [[1, 0.0, 0], [300, 0.0, 0]]),  # white-box 0: undefined
 }
@@ -73,7 +73,7 @@ def test_one_row_per_attack_and_defense_with_every_column(tmp_path):
                                 "asr_transfer_same_arch", "asr_guaa", "queries_to_90"]
     r = df.set_index(["attack", "defense"])
     assert r.loc[("badnets", "ft"), "queries_to_90"] == 120
-    assert r.loc[("badnets", "pbe"), "queries_to_90"] == 1
+    assert r.loc[("badnets", "pbe"), "queries_to_90"] == 9
     assert math.isnan(r.loc[("blended", "ft"), "queries_to_90"])
     assert math.isnan(r.loc[("blended", "fst"), "queries_to_90"])
     assert r.loc[("badnets", "ft"), "bec_5"] == 0.5 and r.loc[("badnets", "ft"), "bec_20"] == 0.9
@@ -102,6 +102,8 @@ def test_writers_keep_undefined_undefined(tmp_path):
     md = open(out["md"]).read()
     assert md.count("not reached") == 2 and "| badnets | ft |" in md
     tex = open(out["tex"]).read()
+    assert re.search(r"& (\\textbf\{120\}|120) \\\\", tex) and " & 9 \\\\" in tex  # whole queries
+    assert tex.count(" & -- \\\\") == 2  # undefined: a dash
     assert "\\caption{" in tex and "\\label{tab:leaderboard}" in tex and tex.count("\\midrule") == 2  # 2 attacks
     assert open(out["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     pdf = open(out["pdf"], "rb").read()
@@ -157,7 +159,8 @@ def test_chromium_renders_table_and_figure(tmp_path):
 
 def test_chromium_sorts_by_a_header_click_numerically(tmp_path):
     """Sorting runs in the browser: a copy of the page clicks the c_acc header on load; the DOM then lists the rows
-    by C-ACC as numbers (42.5 before 50.1 before 56.0 before 57.7), and queries_to_90 puts undefined cells last."""
+    by C-ACC (42.5 before 50.1 before 56.0 before 57.7), queries_to_90 as numbers (9 before 120, which text order
+    would swap) with undefined cells last."""
     exe = _chromium()
     _, out = _outputs(tmp_path)
     page = open(out["html"]).read()
@@ -180,6 +183,6 @@ def test_chromium_sorts_by_a_header_click_numerically(tmp_path):
     dom = dom_after(click.format("c_acc") + click.format("c_acc"))  # twice: descending
     assert column(dom, "c_acc") == ["57.7", "56.0", "50.1", "42.5"]
     dom = dom_after(click.format("queries_to_90"))
-    assert column(dom, "queries_to_90") == ["1", "120", "not reached", "not reached"]
+    assert column(dom, "queries_to_90") == ["9", "120", "not reached", "not reached"]  # 9 < 120 as numbers
     dom = dom_after(click.format("asr"))  # 3.2 < 58.2 < 85.8 < 97.3: numeric, not text order
     assert column(dom, "asr") == ["3.2", "58.2", "85.8", "97.3"]

@@ -205,7 +205,10 @@ def write_all(df: pd.DataFrame, out: dict) -> None:
     md = shown.astype({"queries_to_90": object})
     md["queries_to_90"] = [_cell("queries_to_90", v)[0] for v in shown["queries_to_90"]]
     write_text(out["md"], f"# {title(df)}\n\n" + to_markdown(md, digits=2))
-    write_latex(shown, out["tex"], caption=title(df) + " (percent; queries_to_90: queries to 90% of the "
+    tex = shown.astype({"queries_to_90": object})  # whole numbers; NaN stays NaN (a dash)
+    tex["queries_to_90"] = pd.Series([v if math.isnan(v) else int(v) for v in shown["queries_to_90"]],
+                                     index=shown.index, dtype=object)
+    write_latex(tex, out["tex"], caption=title(df) + " (percent; queries_to_90: queries to 90% of the "
                 "white-box re-activated ASR, a dash where not reached)", label="tab:leaderboard",
                 group="attack" if "attack" in shown else None)
     png = write_figure(figure(df), out["png"], out["pdf"])
