@@ -179,7 +179,8 @@ def test_changing_one_defense_reruns_only_that_defense(workdir):
     """A hyper-parameter of ft: ft of every attack and its analyses rerun; the other defenses, the models,
     the other analyses and the attacker's surrogates (its own defense settings) do not."""
     jobs = _dry_run_with(workdir, "edit_defense.yaml", lambda c: c["defenses"]["ft"].update(lr=0.02))
-    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", ""),
+                ("leaderboard", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=ft")} | _downstream(a, "ft")
     assert jobs == expected
@@ -199,7 +200,7 @@ def test_changing_an_attacker_defense_reruns_only_the_transfer_attack(workdir):
     """The attacker's own ft settings: its surrogates that use ft, their transfer deltas and the evaluations
     of those deltas rerun; no victim model and no other analysis does."""
     jobs = _dry_run_with(workdir, "edit_attacker.yaml", lambda c: c["transfer"]["defenses"]["ft"].update(lr=0.02))
-    expected = {("report", ""), ("report_blackbox", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("leaderboard", "")}
     for a in ("badnets", "blended"):
         for s, sur in TINY_SURROGATES.items():
             if "ft" in sur["defenses"]:
@@ -210,7 +211,7 @@ def test_changing_an_attacker_defense_reruns_only_the_transfer_attack(workdir):
 def test_changing_an_attack_reruns_its_whole_subtree_only(workdir):
     jobs = _dry_run_with(workdir, "edit_attack.yaml", lambda c: c["attacks"]["blended"].update(alpha=0.3))
     expected = {("trigger", "attack=blended"), ("train_backdoor", "attack=blended"), ("report", ""),
-                ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
+                ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", ""), ("leaderboard", "")}
     expected |= {("defend", f"attack=blended, defense={d}") for d in TINY_DEFENSES}
     for s, sur in TINY_SURROGATES.items():
         if sur["arch"] != "cnn_tiny":  # the victim's architecture: the attacker reuses its backdoored model
@@ -238,11 +239,11 @@ def _dry_run_after_editing(workdir, rel):
 
 
 def test_changing_library_code_reruns_what_depends_on_it(workdir):
-    """Code inputs follow the imports: editing analysis/bec.py reruns BEC and the report (its min-max column)
-    only."""
+    """Code inputs follow the imports: editing analysis/bec.py reruns BEC, the report (its min-max column)
+    and the leaderboard (BEC's columns) only."""
     jobs = _dry_run_after_editing(workdir, "analysis/bec.py")
-    expected = {("report", "")} | {("bec", f"attack={a}, model={m}") for a in ("badnets", "blended")
-                                   for m in TINY_MODELS}
+    expected = {("report", ""), ("leaderboard", "")} | {("bec", f"attack={a}, model={m}")
+                                                        for a in ("badnets", "blended") for m in TINY_MODELS}
     assert jobs == expected
 
 
@@ -250,7 +251,8 @@ def test_editing_a_defense_module_reruns_only_the_jobs_of_that_defense(workdir):
     """defenses/nc.py: the defend jobs of NC's entry and what reads their models; ft, the attacker's ft
     surrogates and every other stage stay."""
     jobs = _dry_run_after_editing(workdir, "defenses/nc.py")
-    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", "")}
+    expected = {("report", ""), ("report_blackbox", ""), ("report_defenses", ""), ("report_budget", ""),
+                ("leaderboard", "")}
     for a in ("badnets", "blended"):
         expected |= {("defend", f"attack={a}, defense=nc")} | _downstream(a, "nc")
     assert jobs == expected
@@ -259,7 +261,8 @@ def test_editing_a_defense_module_reruns_only_the_jobs_of_that_defense(workdir):
 def test_editing_a_helper_reruns_the_stages_that_import_it(workdir):
     """analysis/cka.py is imported by BEC and by the evidence analyses (and the report, through BEC's min-max)."""
     jobs = _dry_run_after_editing(workdir, "analysis/cka.py")
-    expected = {("report", ""), ("report_blackbox", "")}  # the report through BEC, the black-box one via evidence
+    # the report and the leaderboard through BEC, the black-box one via evidence
+    expected = {("report", ""), ("report_blackbox", ""), ("leaderboard", "")}
     for a in ("badnets", "blended"):
         expected |= {("bec", f"attack={a}, model={m}") for m in TINY_MODELS}
         expected |= {("evidence", f"attack={a}, model={m}") for m in TINY_MODELS if m != "clean"}
@@ -370,7 +373,7 @@ def test_paper_preset_replaces_params_and_expands_the_grid(repo, tmp_path):
     assert c["attack_resource"] == 4 and c["trigger"] == 8, c
     assert c["metrics"] == c["bec"] == c["reactivate"] == 112 and c["observe"] == 16 and c["report"] == 1, c
     assert c["query"] == c["transfer_evaluate"] == 112 and c["evidence"] == 104 and c["report_blackbox"] == 1, c
-    assert c["report_defenses"] == 1, c
+    assert c["report_defenses"] == 1 and c["leaderboard"] == 1, c
     assert c["budget"] == 96 and c["report_budget"] == 1, c  # the budget ablation: 8 attacks x 12 defenses
     assert c["train_surrogate"] == 24 and c["defend_surrogate"] == 64 and c["transfer_optimise"] == 32, c
     assert c["attacker_subset"] == 1, c
@@ -404,7 +407,7 @@ def test_slurm_profile_asks_a_gpu_for_network_rules_only(repo):
     network = grouped | {"train_clean", "attack_resource", "train_backdoor", "defend", "query", "train_surrogate",
                          "defend_surrogate", "transfer_optimise"}
     assert set(resources) == network | {"prepare_data", "clean_subset", "trigger", "report", "attacker_subset",
-                                        "report_blackbox", "report_defenses", "report_budget"}
+                                        "report_blackbox", "report_defenses", "report_budget", "leaderboard"}
     for rule, values in resources.items():
         for v in values:
             gpu = "gres=gpu:1" in v and "gpu=0" in v if rule in grouped else "gpu=1" in v

@@ -66,7 +66,7 @@ def runtime_min(rule):
 # Rules that run on the machine running Snakemake, never as a cluster job: prepare_data may download CIFAR-10
 # (compute nodes often have no internet), and the reports only read small JSON/CSV files.
 # Each of them says so itself (`localrule: True`), so that the per-seed copies of seeds.smk stay local too:
-# prepare_data, report, report_blackbox, report_defenses, report_budget.
+# prepare_data, report, report_blackbox, report_defenses, report_budget, leaderboard.
 
 
 def paper_files(outputs):

@@ -70,6 +70,19 @@ if BUDGET_ROWS:
     REPORT_FILES += [*BUDGET_FILES.values(), *paper_files(BUDGET_FILES)]
 
 
+REPORT_FILES += list(GRID_FILES.values())
+# The dormancy leaderboard (dormant.report.leaderboard): every attack x defense, what the defense reached and what
+# the three re-activations and gUAA get back, BEC per channel fraction, queries to 90% of the white-box ASR.
+LEADERBOARD_ROWS = [
+    {"attack": a, "defense": d, **{k: analysis_file(f"{k}.json", a, d)
+                                   for k in ("metrics", "bec", "reactivation", "query", "transfer")}}
+    for a in ATTACKS
+    for d in [r["defense"] for r in GRID_ROWS if r["attack"] == a and r["defense"] != "backdoor"]
+]
+LEADERBOARD_FILES = {ext: report_file(f"leaderboard.{ext}") for ext in ("csv", "md", "tex", "png", "pdf", "html")}
+REPORT_FILES += list(LEADERBOARD_FILES.values())
+
+
 rule report:
     localrule: True
     output:
@@ -194,3 +207,31 @@ rule report_budget:
     shell:
         "dormant report-budget --params '{{}}' --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
         "--fig {output.fig:q} > {log:q} 2>&1"
+
+
+rule leaderboard:
+    localrule: True
+    output:
+        csv=report(LEADERBOARD_FILES["csv"], caption="../report/leaderboard.rst", category="Tables"),
+        md=LEADERBOARD_FILES["md"],
+        tex=LEADERBOARD_FILES["tex"],
+        png=report(LEADERBOARD_FILES["png"], caption="../report/leaderboard.rst", category="Figures"),
+        pdf=LEADERBOARD_FILES["pdf"],
+        html=LEADERBOARD_FILES["html"],
+    input:
+        rows=[r[k] for r in LEADERBOARD_ROWS for k in ("metrics", "bec", "reactivation", "query", "transfer")],
+        code=code("leaderboard"),
+    params:
+        p=as_json({"report": config["report"], "data": {"dataset": config["data"]["dataset"]},
+                   "model": {"arch": config["model"]["arch"]}}),
+        rows=as_json(LEADERBOARD_ROWS),
+    log:
+        log_file("leaderboard"),
+    conda:
+        "../envs/dormant.yaml"
+    resources:
+        mem_mb=mem_mb("leaderboard"),
+        runtime=runtime_min("leaderboard"),
+    shell:
+        "dormant leaderboard --params {params.p:q} --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
+        "--tex {output.tex:q} --png {output.png:q} --pdf {output.pdf:q} --html {output.html:q} > {log:q} 2>&1"

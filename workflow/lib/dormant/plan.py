@@ -33,7 +33,8 @@ GPU_RULES = ("train_clean", "attack_resource", "train_backdoor", "defend", "metr
              "query", "transfer_evaluate", "evidence", "train_surrogate", "defend_surrogate", "transfer_optimise",
              "budget")
 # Rules that run where Snakemake runs (`localrule: True` in their rule; a dry run does not mark them).
-LOCAL_RULES = ("prepare_data", "report", "report_blackbox", "report_defenses", "report_seeds", "report_budget")
+LOCAL_RULES = ("prepare_data", "report", "report_blackbox", "report_defenses", "report_seeds", "report_budget",
+               "leaderboard")
 # Rules that train (and so write resume checkpoints): their epochs count checkpoint writes.
 TRAINING_RULES = ("train_clean", "train_backdoor", "defend", "train_surrogate", "defend_surrogate")
 # Within a group job of the cluster profile, the rule that runs after another (evidence reads reactivate's
