@@ -28,6 +28,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the checkpoint (.safetensors)")
     p.add_argument("--out", required=True, metavar="PATH", help="[output] the record (.pt)")
     p.add_argument("--kind", choices=("attack", "defense"), default="attack")
+    p.add_argument("--img-size", type=int, nargs=3, default=(32, 32, 3), metavar=("H", "W", "C"),
+                   help="the record's img_size (attack records; default 32 32 3)")
     return p
 
 
@@ -43,6 +45,6 @@ def main(command: str, argv: list[str]) -> int:
         print(f"{a.model}: {imp.arch}, {imp.num_classes} classes, from {a.source} ({imp.source['layout']} names)")
     else:
         a = export_parser().parse_args(argv)
-        export_record(a.model, a.out, kind=a.kind)
+        export_record(a.model, a.out, kind=a.kind, img_size=tuple(a.img_size))
         print(f"{a.out}: BackdoorBench {a.kind} record of {a.model}")
     return 0
