@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from dormant.importing import bb_state
+from dormant.importing.convert import bb_state
 from dormant.nets import build_model
 from dormant.nets.checkpoint import load_model
 

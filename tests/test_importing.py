@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from dormant.errors import CheckpointError
-from dormant.importing import bb_state, export_record, import_model
+from dormant.importing.convert import bb_state, export_record, import_model
 from dormant.importing.layouts import bb_key
 from dormant.importing.safeload import load_pickle
 from dormant.nets import build_model

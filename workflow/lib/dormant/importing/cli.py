@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dormant.importing import FORMATS
+from dormant.importing.convert import FORMATS
 
 
 def import_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: list[str]) -> int:
-    from dormant.importing import export_record, import_model
+    from dormant.importing.convert import export_record, import_model
     from dormant.nets.checkpoint import save_model
 
     if command == "import":

@@ -140,15 +140,15 @@ def defend(params: dict, *, dataset: str, subset: str, trigger: str, backdoored:
 
 
 # ---- models trained elsewhere (docs/operations.md "Models trained elsewhere") ------------------------------------
-def _import(params: dict, spec: dict, *, dataset: str, source: str, model: str, device, **extra) -> dict:
+def _import(params: dict, spec: dict, *, dataset: str, source: str, model: str, sets=None, **extra) -> dict:
     """Reads ``source`` (``spec['format']``) as ``params['model']['arch']`` with the dataset's class count and
     writes it as this project's checkpoint; its sidecar records the source (path, sha256, format, layout)."""
     from dormant.data.imageset import load_dataset
     from dormant.errors import CheckpointError
-    from dormant.importing import import_model
+    from dormant.importing.convert import import_model
     from dormant.nets.checkpoint import save_model
 
-    sets = load_dataset(dataset, device)
+    sets = sets or load_dataset(dataset, "cpu")  # the weights are only read and written: no device needed
     n = sets["train"].num_classes
     imp = import_model(source, spec["format"], arch=params["model"]["arch"], num_classes=n)
     size = imp.source.get("img_size")
@@ -163,22 +163,22 @@ def _import(params: dict, spec: dict, *, dataset: str, source: str, model: str, 
 
 
 @stage(sections=("model", "seed"), outputs=("model",))
-def import_clean(params: dict, *, dataset: str, source: str, model: str, device="cpu") -> None:
+def import_clean(params: dict, *, dataset: str, source: str, model: str) -> None:
     """Reads the clean reference model f_C from ``model.import`` (a model trained elsewhere) instead of training it."""
-    _import(params, params["model"]["import"], dataset=dataset, source=source, model=model, device=device)
+    _import(params, params["model"]["import"], dataset=dataset, source=source, model=model)
 
 
 @stage(sections=("model", "attack", "seed"), outputs=("model", "trained_trigger"))
-def import_backdoor(params: dict, *, dataset: str, trigger: str, source: str, model: str, trained_trigger: str,
-                    device="cpu") -> None:
+def import_backdoor(params: dict, *, dataset: str, trigger: str, source: str, model: str,
+                    trained_trigger: str) -> None:
     """Reads the backdoored model f_A from ``attacks.<name>.import``; the trigger is the config's (what the record
     was poisoned with), saved as every later stage's trigger."""
     from dormant.attacks import load_attack, save_attack
     from dormant.data.imageset import load_dataset
 
-    n_train = len(load_dataset(dataset, "cpu")["train"])
-    atk = load_attack(trigger, "cpu", n_train=n_train)
-    _import(params, params["attack"]["import"], dataset=dataset, source=source, model=model, device=device)
+    sets = load_dataset(dataset, "cpu")
+    atk = load_attack(trigger, "cpu", n_train=len(sets["train"]))
+    _import(params, params["attack"]["import"], dataset=dataset, source=source, model=model, sets=sets)
     save_attack(atk, trained_trigger, {"trained_with": model, "learned": False})
     write_json(sidecar_of(trained_trigger), sidecar(params, params["seed"], {"learned_in_training": False,
                                                                             "n_poison": len(atk.poison_index)},
@@ -186,7 +186,7 @@ def import_backdoor(params: dict, *, dataset: str, trigger: str, source: str, mo
 
 
 @stage(sections=("model", "defense", "attack", "seed"), outputs=("model",))
-def import_defense(params: dict, *, dataset: str, backdoored: str, source: str, model: str, device="cpu") -> None:
+def import_defense(params: dict, *, dataset: str, backdoored: str, source: str, model: str) -> None:
     """Reads the defended model of one attack from an ``imported`` defense's ``models`` (a defense applied
     elsewhere, e.g. BackdoorBench's defense_result.pt)."""
     from dormant.errors import CheckpointError
@@ -196,5 +196,5 @@ def import_defense(params: dict, *, dataset: str, backdoored: str, source: str, 
     if meta["arch"] != params["model"]["arch"]:
         raise CheckpointError(f"{backdoored}: architecture {meta['arch']}, model.arch is {params['model']['arch']}")
     spec = {"format": params["defense"].get("format", "backdoorbench")}
-    _import(params, spec, dataset=dataset, source=source, model=model, device=device,
+    _import(params, spec, dataset=dataset, source=source, model=model,
             changed=True, data_access="elsewhere", n_clean=0, n_data=0, history=[])
