@@ -25,7 +25,8 @@ def test_every_stage_has_a_command_with_its_path_arguments():
                            "train_backdoor", "defend", "metrics", "bec", "reactivate", "observe", "report", "query",
                            "attacker_subset", "train_surrogate", "defend_surrogate", "transfer_optimise",
                            "transfer_evaluate", "evidence", "report_blackbox", "report_defenses", "report_seeds",
-                           "budget", "report_budget", "leaderboard"}
+                           "budget", "report_budget", "leaderboard",
+                           "import_clean", "import_backdoor", "import_defense"}
     assert set(STAGES) == _rule_names()  # one stage per rule, named like it
 
 

@@ -128,8 +128,8 @@ def test_codedeps_resolves_relative_and_absolute_imports(tmp_path):
 
 def test_plugin_modules_are_named_like_what_they_register():
     assert ATTACKS.names() == ["badnets", "blended", "input_aware", "lf", "sig", "ssba", "trojannn", "wanet"]
-    assert DEFENSES.names() == ["aft", "anp", "cleanclip", "clp", "fp", "fst", "ft", "ftsam", "ibau", "nad", "nc",
-                                "pbe", "sau"]
+    assert DEFENSES.names() == ["aft", "anp", "cleanclip", "clp", "fp", "fst", "ft", "ftsam", "ibau", "imported",
+                                "nad", "nc", "pbe", "sau"]
     for name, cls in {**ATTACKS.load_all(), **DEFENSES.load_all()}.items():
         assert cls.__module__.rsplit(".", 1)[1] == name
 
@@ -187,8 +187,8 @@ def test_a_defense_rejects_an_unknown_key():
 
 def test_schema_allows_exactly_each_attack_s_declared_keys():
     branches = SCHEMA["properties"]["attacks"]["additionalProperties"]["allOf"]
-    by_type = {b["if"]["properties"]["type"]["const"]: set(b["then"]["properties"]) - {"type", "ratio", "target"}
-               for b in branches}
+    common = {"type", "ratio", "target", "import"}
+    by_type = {b["if"]["properties"]["type"]["const"]: set(b["then"]["properties"]) - common for b in branches}
     assert set(by_type) == set(ATTACKS.names())
     for name, cls in ATTACKS.load_all().items():
         assert by_type[name] == set(cls.defaults), name

@@ -323,12 +323,15 @@ def _trace_stages(workdir, tmp_path, *targets, configfile="tiny.yaml"):
 
 def test_every_module_a_stage_loads_is_among_its_rule_s_code_inputs(workdir, tmp_path):
     """Each rule of the tiny config (every defense and attack type once) runs its stage under an import tracer;
-    every dormant module it loads must be an input of its job (attack_resource: in the resource test below)."""
+    every dormant module it loads must be an input of its job (attack_resource: in the resource test below; the
+    import_* stages: in tests/test_import_workflow.py)."""
     from dormant.stages import STAGES
 
     chosen, missing = _trace_stages(workdir, tmp_path)
-    # report_seeds needs a `seeds:` run, which the tiny config is not: tests/test_seeds.py traces it
-    assert {rule for rule, _ in chosen} == set(STAGES) - {"attack_resource", "report_seeds"}
+    # report_seeds needs a `seeds:` run and the imports files made elsewhere, which the tiny config has not:
+    # tests/test_seeds.py and tests/test_import_workflow.py trace them
+    imports = {"import_clean", "import_backdoor", "import_defense"}
+    assert {rule for rule, _ in chosen} == set(STAGES) - {"attack_resource", "report_seeds"} - imports
     assert len(chosen) >= len(STAGES) + 6  # every defense type of the tiny config, both attack types
     assert not missing
 

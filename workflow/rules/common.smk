@@ -147,6 +147,25 @@ def model_file(attack="{attack}", model="{model}"):
 
 
 CLEAN_MODEL = model_file(model="clean")
+CLEAN_PATTERN = f"{R}/models/{{clean}}/model.safetensors"  # == CLEAN_MODEL for clean="clean" (train_clean, import_clean)
+
+
+# ---- models trained elsewhere (docs/operations.md): exactly one rule makes each model file ----------------------
+# train_clean / import_clean, train_backdoor / import_backdoor and defend / import_defense produce the same files;
+# rule-level wildcard constraints give each file to one of the pair (NEVER matches nothing).
+NEVER = "(?!x)x"
+CLEAN_IMPORT = config["model"].get("import")
+IMPORTED_ATTACKS = sorted(a for a, e in config["attacks"].items() if e.get("import"))
+IMPORTED_DEFENSES = sorted(d for d, e in config["defenses"].items() if e["type"] == "imported")
+
+
+def one_of(names):
+    return "|".join(names) if names else NEVER
+
+
+def user_file(path):
+    """A user path of the config (~ expanded; relative to the working directory)."""
+    return os.path.expanduser(str(path))
 
 
 def backdoored(attack="{attack}"):

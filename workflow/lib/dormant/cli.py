@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_for(stage, sub)
     sub.add_parser("plan", help="not a stage: jobs per rule and projected GPU-hours of a config "
                                 "(dormant plan --help; docs/operations.md)", add_help=False)
+    sub.add_parser("import", help="not a stage: a model trained elsewhere (BackdoorBench record, state dict) -> "
+                                  "a checkpoint of this project (dormant import --help)", add_help=False)
+    sub.add_parser("export", help="not a stage: a checkpoint -> a BackdoorBench-layout record "
+                                  "(dormant export --help)", add_help=False)
     return p
 
 
@@ -108,6 +112,14 @@ def main(argv=None) -> int:
         try:
             return plan.main(argv[1:])
         except DormantError as e:  # a bad config file: one line, as for the stages
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INPUT
+    if argv[:1] in (["import"], ["export"]):  # model conversions: their own arguments
+        from dormant.importing.cli import main as convert_main
+
+        try:
+            return convert_main(argv[0], argv[1:])
+        except DormantError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INPUT
     names = load_all()

@@ -315,6 +315,7 @@ def _semantic_checks(cfg: dict) -> list[str]:
             msgs.append(f"data.synthetic: {n} images of {s.get('image_size', 32)}px would take {size / 2**30:.0f} GiB "
                         f"(at most {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB)")
     msgs += _track_checks(cfg)
+    msgs += _import_checks(cfg)
     if cfg["seed"] + cfg["transfer"]["seed_offset"] >= 2**63:
         msgs.append("transfer.seed_offset: seed + seed_offset must stay below 2**63")
     if msgs:
@@ -322,6 +323,52 @@ def _semantic_checks(cfg: dict) -> list[str]:
     classes, side = dataset_facts(d)
     msgs += _budget_checks(cfg, side)
     msgs += _build_checks(cfg, classes, side)
+    return msgs
+
+
+def _import_checks(cfg: dict) -> list[str]:
+    """Models trained elsewhere (docs/operations.md): an attack whose model is imported has a fixed trigger,
+    a BackdoorBench file needs an architecture with BackdoorBench's layout, and an imported defense names one
+    file per attack of the config (and only those)."""
+    from dormant.attacks import ATTACKS
+    from dormant.clip.specs import is_clip
+    from dormant.importing.layouts import BB_LAYOUT_ARCHS, REFUSED
+
+    msgs, formats = [], []
+    arch = cfg["model"]["arch"]
+    if cfg["model"].get("import"):
+        formats.append(("model.import.format", cfg["model"]["import"]["format"]))
+    for name, entry in cfg["attacks"].items():
+        if not entry.get("import"):
+            continue
+        formats.append((f"attacks.{name}.import.format", entry["import"]["format"]))
+        cls = ATTACKS.get(entry["type"]) if entry["type"] in ATTACKS else None
+        if cls is not None and cls.learns_in_training:
+            msgs.append(f"attacks.{name}.import: type {entry['type']!r} learns its trigger with the victim; the "
+                        "learned trigger is not in the file, so its model cannot be imported")
+    for name, entry in (cfg.get("defenses") or {}).items():
+        if entry["type"] != "imported":
+            continue
+        formats.append((f"defenses.{name}.format", entry.get("format", "backdoorbench")))
+        models = entry.get("models") or {}
+        missing = sorted(set(cfg["attacks"]) - set(models))
+        if missing:
+            msgs.append(f"defenses.{name}.models: no file for attack(s) {', '.join(missing)} (an imported defense "
+                        "needs the defended model of every attack)")
+        for extra in sorted(set(models) - set(cfg["attacks"])):
+            msgs.append(f"defenses.{name}.models.{extra}: not an attack of this config "
+                        f"({', '.join(sorted(cfg['attacks']))})")
+    for name, entry in (cfg["transfer"].get("defenses") or {}).items():
+        if entry["type"] == "imported":
+            msgs.append(f"transfer.defenses.{name}: type 'imported' is the victim's side only; the attacker's "
+                        "surrogate defenses run here")
+    if formats and is_clip(arch):
+        msgs.append(f"{formats[0][0].rsplit('.format', 1)[0]}: the CLIP track imports no models")
+    for key, fmt in formats:
+        if fmt == "backdoorbench" and arch not in BB_LAYOUT_ARCHS:
+            msgs.append(f"{key}: a BackdoorBench file cannot hold model.arch {arch!r} "
+                        f"({REFUSED.get(arch, 'not a BackdoorBench model')}); importable: {', '.join(BB_LAYOUT_ARCHS)}")
+            break
     return msgs
 
 

@@ -1,10 +1,10 @@
 """The user's input paths, checked before the first job of a run (the Snakefile's ``onstart:`` handler).
 
-Some inputs are only read by a job (ImageNet's validation folder and label file, the CLIP track's image-caption
-pairs and pretrained weights): config validation leaves them alone so that a preset naming them expands with
-``snakemake -n`` on a machine without them. A real run checks them all at once before it starts any job and
-stops with one line naming each missing path with its config key. Only keys that are set are checked, and only
-where the configured source reads them.
+Some inputs are only read by a job (models trained elsewhere, ImageNet's validation folder and label file, the
+CLIP track's image-caption pairs and pretrained weights): config validation leaves them alone so that a preset
+naming them expands with ``snakemake -n`` on a machine without them. A real run checks them all at once before
+it starts any job and stops with one line naming each missing path with its config key. Only keys that are set
+are checked, and only where the configured source reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ def user_paths(cfg: dict) -> list[tuple[str, str, str]]:
         out.append(("data.path", d["path"], "dir" if dataset in ("imagenet", "gtsrb") else "any"))
     if dataset == "imagenet" and d.get("labels"):
         out.append(("data.labels", d["labels"], "file"))
+    if ((cfg.get("model") or {}).get("import") or {}).get("path"):
+        out.append(("model.import.path", cfg["model"]["import"]["path"], "file"))
+    for name, entry in (cfg.get("attacks") or {}).items():
+        if (entry.get("import") or {}).get("path"):
+            out.append((f"attacks.{name}.import.path", entry["import"]["path"], "file"))
+    for name, entry in (cfg.get("defenses") or {}).items():
+        if entry.get("type") == "imported":
+            for attack, path in sorted((entry.get("models") or {}).items()):
+                out.append((f"defenses.{name}.models.{attack}", path, "file"))
     clip = cfg.get("clip") or {}
     if clip.get("captions") == "path" and clip.get("pairs"):
         out.append(("clip.pairs", clip["pairs"], "any"))  # a CSV/TSV file, a shard or a folder of shards

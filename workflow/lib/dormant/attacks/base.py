@@ -35,8 +35,9 @@ class Attack:
     needs_clean_model: bool = False
     #: the attack trains parameters jointly with the victim (``trainable_parameters``, ``training_loss``)
     learns_in_training: bool = False
-    #: keys of the config that every attack has
-    common_keys = ("type", "ratio", "target")
+    #: keys of the config that every attack has (``import``: its backdoored model comes from a file, the
+    #: trigger is still this entry's; docs/operations.md "Models trained elsewhere")
+    common_keys = ("type", "ratio", "target", "import")
     #: every other key of the attack's params.yaml entry with its default: declared here once; the JSON schema
     #: allows exactly these keys (a test checks it) and a missing key takes this value
     defaults: dict = {}

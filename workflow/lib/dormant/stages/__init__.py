@@ -30,6 +30,8 @@ ARG_HELP = {
     "clean": "clean model (.safetensors) written by train_clean",
     "model": "model weights (.safetensors; a .json sidecar sits next to it)",
     "backdoored": "backdoored model (.safetensors) written by train_backdoor",
+    "source": "a model trained elsewhere (BackdoorBench record or state dict; docs/operations.md), read with "
+              "torch.load(weights_only=True) only",
     "checkpoint": "resume checkpoint (.safetensors): a rerun continues from its last finished epoch",
     "metrics": "C-ACC/ASR/RA/DER (JSON)",
     "bec": "BEC with layer-wise CKA (JSON)",

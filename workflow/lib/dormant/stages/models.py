@@ -137,3 +137,64 @@ def defend(params: dict, *, dataset: str, subset: str, trigger: str, backdoored:
     """Applies one defense to the backdoored model, with the defender's data only (section 5)."""
     apply_defense(params, dataset=dataset, subset=subset, trigger=trigger, backdoored=backdoored, model=model,
                   checkpoint=checkpoint, device=device)
+
+
+# ---- models trained elsewhere (docs/operations.md "Models trained elsewhere") ------------------------------------
+def _import(params: dict, spec: dict, *, dataset: str, source: str, model: str, sets=None, **extra) -> dict:
+    """Reads ``source`` (``spec['format']``) as ``params['model']['arch']`` with the dataset's class count and
+    writes it as this project's checkpoint; its sidecar records the source (path, sha256, format, layout)."""
+    from dormant.data.imageset import load_dataset
+    from dormant.errors import CheckpointError
+    from dormant.importing.convert import import_model
+    from dormant.nets.checkpoint import save_model
+
+    sets = sets or load_dataset(dataset, "cpu")  # the weights are only read and written: no device needed
+    n = sets["train"].num_classes
+    imp = import_model(source, spec["format"], arch=params["model"]["arch"], num_classes=n)
+    size = imp.source.get("img_size")
+    shape = tuple(sets["train"].x.shape[1:])  # (C, H, W)
+    if size is not None and (len(size) != 3 or (size[2], size[0], size[1]) != shape):
+        raise CheckpointError(f"{source}: field 'img_size' = {size} (H, W, C), the dataset's images are "
+                              f"{shape[1]}x{shape[2]} with {shape[0]} channels")
+    save_model(imp.model, model, arch=imp.arch, num_classes=imp.num_classes, config=params, seed=params["seed"],
+               imported=imp.source, **extra)
+    log.info("imported %s from %s", imp.arch, source)
+    return imp.source
+
+
+@stage(sections=("model", "seed"), outputs=("model",))
+def import_clean(params: dict, *, dataset: str, source: str, model: str) -> None:
+    """Reads the clean reference model f_C from ``model.import`` (a model trained elsewhere) instead of training it."""
+    _import(params, params["model"]["import"], dataset=dataset, source=source, model=model)
+
+
+@stage(sections=("model", "attack", "seed"), outputs=("model", "trained_trigger"))
+def import_backdoor(params: dict, *, dataset: str, trigger: str, source: str, model: str,
+                    trained_trigger: str) -> None:
+    """Reads the backdoored model f_A from ``attacks.<name>.import``; the trigger is the config's (what the record
+    was poisoned with), saved as every later stage's trigger."""
+    from dormant.attacks import load_attack, save_attack
+    from dormant.data.imageset import load_dataset
+
+    sets = load_dataset(dataset, "cpu")
+    atk = load_attack(trigger, "cpu", n_train=len(sets["train"]))
+    _import(params, params["attack"]["import"], dataset=dataset, source=source, model=model, sets=sets)
+    save_attack(atk, trained_trigger, {"trained_with": model, "learned": False})
+    write_json(sidecar_of(trained_trigger), sidecar(params, params["seed"], {"learned_in_training": False,
+                                                                            "n_poison": len(atk.poison_index)},
+                                                    trained_with=model, imported=True))
+
+
+@stage(sections=("model", "defense", "attack", "seed"), outputs=("model",))
+def import_defense(params: dict, *, dataset: str, backdoored: str, source: str, model: str) -> None:
+    """Reads the defended model of one attack from an ``imported`` defense's ``models`` (a defense applied
+    elsewhere, e.g. BackdoorBench's defense_result.pt)."""
+    from dormant.errors import CheckpointError
+    from dormant.nets.checkpoint import read_model
+
+    _, meta, _ = read_model(backdoored, require_sidecar=True)  # the backdoored model it defends must fit
+    if meta["arch"] != params["model"]["arch"]:
+        raise CheckpointError(f"{backdoored}: architecture {meta['arch']}, model.arch is {params['model']['arch']}")
+    spec = {"format": params["defense"].get("format", "backdoorbench")}
+    _import(params, spec, dataset=dataset, source=source, model=model,
+            changed=True, data_access="elsewhere", n_clean=0, n_data=0, history=[])
