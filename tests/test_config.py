@@ -9,6 +9,14 @@ from dormant.errors import ConfigError
 from dormant.nets.cifar import MODELS
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    """An overlay over params.yaml as Snakemake's --configfile merges it: mapping by mapping, key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 def test_shipped_configs_are_valid(repo, params, tiny_params, tmp_path):
     import zipfile
 
@@ -18,12 +26,10 @@ def test_shipped_configs_are_valid(repo, params, tiny_params, tmp_path):
     tiny_zip = tmp_path / "tiny-imagenet-200.zip"
     zipfile.ZipFile(tiny_zip, "w").close()
     for overlay in ("attacks", "gtsrb", "tiny-imagenet", "grid"):
-        merged = {**params, **yaml.safe_load((repo / "config" / f"{overlay}.yaml").read_text())}
-        merged["data"] = {**params["data"], **merged["data"]}
+        merged = _deep_merge(params, yaml.safe_load((repo / "config" / f"{overlay}.yaml").read_text()))
         if merged["data"]["source"] == "path":  # the file is the user's; validation checks its kind and layout
             merged["data"]["path"] = str(tiny_zip if merged["data"]["dataset"] == "tiny_imagenet"
                                          else repo / "data" / "cifar10-demo.tar.gz")
-        merged["defenses"] = {**params["defenses"], **merged["defenses"]}
         config.validate(merged)
 
 
