@@ -27,7 +27,7 @@ import yaml
 from dormant import config
 from dormant.errors import CheckpointError, ConfigError, DataError, DormantError, NonFiniteError
 
-from .workflow_helpers import REPO, copy_workflow, env, snakemake
+from .workflow_helpers import REPO, copy_workflow, env, snakemake, stage_artifacts
 
 TINY = yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())
 
@@ -269,21 +269,7 @@ def test_error_header_names_the_file_given(cli_workdir):
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A small dataset, a model with its sidecar and a trigger, as the stages write them."""
-    from dormant.attacks import create_attack, save_attack
-    from dormant.data.imageset import save_dataset
-    from dormant.data.sources import make_synthetic
-    from dormant.nets import build_model
-    from dormant.nets.checkpoint import save_model
-
-    d = tmp_path_factory.mktemp("good")
-    sets = make_synthetic(num_classes=4, train_per_class=10, test_per_class=4, image_size=16, seed=0)
-    save_dataset(sets, d / "dataset.safetensors", {"source": "synthetic"})
-    torch.manual_seed(0)
-    net = build_model("cnn_tiny", 4)
-    save_model(net, d / "model.safetensors", arch="cnn_tiny", num_classes=4, config={"x": 1}, seed=0)
-    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, sets["train"].x, sets["train"].y, 4, seed=0)
-    save_attack(atk, d / "trigger.safetensors")
-    return {"dir": d, "sets": sets, "net": net, "attack": atk}
+    return stage_artifacts(tmp_path_factory.mktemp("good"), train_per_class=10, test_per_class=4, config={"x": 1})
 
 
 def _safetensors(path: Path, tensors: dict, meta) -> Path:

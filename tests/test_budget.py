@@ -13,7 +13,7 @@ from dormant.config import ConfigError, validate
 from dormant.reactivation.budget import COLUMNS, budget_curve, budget_points
 from dormant.reactivation.whitebox import run_reactivation
 
-from .workflow_helpers import REPO, job_counts, snakemake
+from .workflow_helpers import REPO, job_counts, snakemake, stage_artifacts
 
 CFG = {"norm": "linf", "eps": 0.05, "lr": 0.05, "epochs": 1, "steps": 2, "batch_size": 16, "n_images": 32}
 
@@ -21,21 +21,7 @@ CFG = {"norm": "linf", "eps": 0.05, "lr": 0.05, "epochs": 1, "steps": 2, "batch_
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """A small dataset, a model and a BadNets trigger, written as the stages write them."""
-    from dormant.attacks import create_attack, save_attack
-    from dormant.data.imageset import save_dataset
-    from dormant.data.sources import make_synthetic
-    from dormant.nets import build_model
-    from dormant.nets.checkpoint import save_model
-
-    d = tmp_path_factory.mktemp("budget")
-    sets = make_synthetic(num_classes=4, train_per_class=30, test_per_class=10, image_size=16, seed=0)
-    save_dataset(sets, d / "dataset.safetensors", {"source": "synthetic"})
-    torch.manual_seed(0)
-    net = build_model("cnn_tiny", 4)
-    save_model(net, d / "model.safetensors", arch="cnn_tiny", num_classes=4, config={}, seed=0)
-    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, sets["train"].x, sets["train"].y, 4, seed=0)
-    save_attack(atk, d / "trigger.safetensors")
-    return {"dir": d, "sets": sets, "net": net, "attack": atk}
+    return stage_artifacts(tmp_path_factory.mktemp("budget"), train_per_class=30, test_per_class=10, config={})
 
 
 def test_budget_points_are_ordered_by_norm_then_eps():

@@ -121,3 +121,24 @@ def job_blocks(output: str) -> list[tuple[str, str]]:
     members of a group job are printed indented under it."""
     pattern = r"^[ \t]*(?:local)?rule (\w+):\n((?:[ \t]+.*(?:\n|$))*(?:Shell command: .*(?:\n|$))?)"
     return [(m.group(1), m.group(2)) for m in re.finditer(pattern, output, re.M)]
+
+
+def stage_artifacts(d: Path, *, train_per_class: int, test_per_class: int, config: dict) -> dict:
+    """A small synthetic dataset (4 classes, 16 px), a cnn_tiny model with its sidecar (``config``) and a BadNets
+    trigger, written into ``d`` as the stages write them: what stage-level tests feed the library."""
+    import torch
+    from dormant.attacks import create_attack, save_attack
+    from dormant.data.imageset import save_dataset
+    from dormant.data.sources import make_synthetic
+    from dormant.nets import build_model
+    from dormant.nets.checkpoint import save_model
+
+    sets = make_synthetic(num_classes=4, train_per_class=train_per_class, test_per_class=test_per_class,
+                          image_size=16, seed=0)
+    save_dataset(sets, d / "dataset.safetensors", {"source": "synthetic"})
+    torch.manual_seed(0)
+    net = build_model("cnn_tiny", 4)
+    save_model(net, d / "model.safetensors", arch="cnn_tiny", num_classes=4, config=config, seed=0)
+    atk = create_attack({"type": "badnets", "ratio": 0.1, "target": 0}, sets["train"].x, sets["train"].y, 4, seed=0)
+    save_attack(atk, d / "trigger.safetensors")
+    return {"dir": d, "sets": sets, "net": net, "attack": atk}
