@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from dormant.errors import ConfigError
-from dormant.io import atomic_path, read_json, write_text
-from dormant.report.common import to_markdown, write_csv
+from dormant.io import read_json, write_text
+from dormant.report.common import pdf_path, savefig, to_markdown, write_csv
 from dormant.report.latex import write_latex
 
 REACH = 0.9  # "queries to reach 90% of the white-box re-activated ASR"
@@ -128,17 +128,11 @@ def figure(df: pd.DataFrame):
 
 
 def write_figure(fig, png, pdf) -> bytes:
-    """PNG (fixed metadata, byte-reproducible) and PDF (no creation date); returns the PNG's bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    data = buf.getvalue()
-    with atomic_path(png) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-    with atomic_path(pdf) as tmp:
-        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
-    plt.close(fig)
-    return data
+    """The figure as PNG and PDF (dormant.report.common.savefig, byte-reproducible); returns the PNG's bytes."""
+    if Path(pdf) != pdf_path(png):
+        raise ValueError(f"leaderboard figure: the PDF must sit beside the PNG ({pdf_path(png)}), got {pdf}")
+    savefig(fig, png)
+    return Path(png).read_bytes()
 
 
 def _cell(col: str, v) -> tuple[str, str]:
