@@ -234,4 +234,4 @@ rule leaderboard:
         runtime=runtime_min("leaderboard"),
     shell:
         "dormant leaderboard --params {params.p:q} --rows {params.rows:q} --csv {output.csv:q} --md {output.md:q} "
-        "--tex {output.tex:q} --png {output.png:q} --pdf {output.pdf:q} --html {output.html:q} > {log:q} 2>&1"
+        "--tex {output.tex:q} --png {output.png:q} --html {output.html:q} > {log:q} 2>&1"

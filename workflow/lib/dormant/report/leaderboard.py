@@ -30,7 +30,7 @@ import pandas as pd
 
 from dormant.errors import ConfigError
 from dormant.io import read_json, write_text
-from dormant.report.common import pdf_path, savefig, to_markdown, write_csv
+from dormant.report.common import savefig, to_markdown, write_csv
 from dormant.report.latex import write_latex
 
 REACH = 0.9  # "queries to reach 90% of the white-box re-activated ASR"
@@ -127,10 +127,9 @@ def figure(df: pd.DataFrame):
     return fig
 
 
-def write_figure(fig, png, pdf) -> bytes:
-    """The figure as PNG and PDF (dormant.report.common.savefig, byte-reproducible); returns the PNG's bytes."""
-    if Path(pdf) != pdf_path(png):
-        raise ValueError(f"leaderboard figure: the PDF must sit beside the PNG ({pdf_path(png)}), got {pdf}")
+def write_figure(fig, png) -> bytes:
+    """The figure as PNG and, next to it, PDF (dormant.report.common.savefig, byte-reproducible); returns the
+    PNG's bytes."""
     savefig(fig, png)
     return Path(png).read_bytes()
 
@@ -193,7 +192,7 @@ def html_page(df: pd.DataFrame, png: bytes) -> str:
 
 
 def write_all(df: pd.DataFrame, out: dict) -> None:
-    """``out``: csv, md, tex, png, pdf, html -> path."""
+    """``out``: csv, md, tex, png, html -> path; the PDF goes next to the PNG (same stem)."""
     write_csv(df, out["csv"])
     shown = _shown(df)
     md = shown.astype({"queries_to_90": object})
@@ -205,5 +204,5 @@ def write_all(df: pd.DataFrame, out: dict) -> None:
     write_latex(tex, out["tex"], caption=title(df) + " (percent; queries_to_90: queries to 90% of the "
                 "white-box re-activated ASR, a dash where not reached)", label="tab:leaderboard",
                 group="attack" if "attack" in shown else None)
-    png = write_figure(figure(df), out["png"], out["pdf"])
+    png = write_figure(figure(df), out["png"])
     write_text(out["html"], html_page(df, png))

@@ -80,13 +80,13 @@ def report_budget(params: dict, *, rows: list, csv: str, md: str, fig: str) -> N
 
 
 @stage(sections=("report", "data", "model"), outputs=("csv", "md", "tex", "png", "pdf", "html"))
-def leaderboard(params: dict, *, rows: list, csv: str, md: str, tex: str, png: str, pdf: str, html: str) -> None:
+def leaderboard(params: dict, *, rows: list, csv: str, md: str, tex: str, png: str, html: str) -> None:
     """Writes the dormancy leaderboard: per attack x defense, C-ACC, ASR, BEC per channel fraction, the three
     re-activated ASRs, gUAA and the queries to 90 percent of the white-box ASR; table, figure and a self-contained
     page.
 
-    ``rows``: per (attack, defense) the paths of its metrics/bec/reactivation/query/transfer JSONs."""
+    ``rows``: per (attack, defense) the paths of its metrics/bec/reactivation/query/transfer JSONs. The PDF of the
+    figure is written next to ``png`` (same stem), as by every report stage."""
     from dormant.report.leaderboard import build_leaderboard, write_all
 
-    write_all(build_leaderboard(rows, params), {"csv": csv, "md": md, "tex": tex, "png": png, "pdf": pdf,
-                                                "html": html})
+    write_all(build_leaderboard(rows, params), {"csv": csv, "md": md, "tex": tex, "png": png, "html": html})
