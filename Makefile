@@ -29,7 +29,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete $(if $(strip $(GPU_JOBS)),--resources gpu=$(strip $(GPU_JOBS)))
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check workflow/lib workflow/scripts tests

@@ -107,7 +107,8 @@ def figure(df: pd.DataFrame):
     white-box, query-based and transfer-based re-activations get back (transfer: the best surrogate set)."""
     attacks = list(dict.fromkeys(df["attack"])) or ["(none)"]
     width = max(5.0, 0.55 * max((df["attack"] == a).sum() for a in attacks) + 1.5)
-    fig, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False)
+    fig, axes = plt.subplots(len(attacks), 1, figsize=(width, 2.8 * len(attacks)), squeeze=False,
+                             layout="constrained")  # panel titles clear of the tick labels above
     transfer = [c for c in df if c.startswith("asr_transfer_")]
     bars = [("asr", "after defense", "0.6"), ("asr_whitebox", "white-box re-activation", "tab:red"),
             ("asr_query", "query-based", "tab:orange"), ("_transfer", "transfer-based (best set)", "tab:purple")]
